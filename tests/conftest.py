@@ -1,0 +1,17 @@
+"""Test-wide setup: 8 virtual CPU devices (set before jax is imported) and hypothesis profiles."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Every example of an attention property compiles a new program (seconds on 2 cores), so the
+# default profile keeps example counts small; `HYPOTHESIS_PROFILE=thorough` runs many more.
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=12, **_common)
+settings.register_profile("thorough", max_examples=200, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
