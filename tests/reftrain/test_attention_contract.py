@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reftrain.attention import _chunked, blockwise_attention, dense_attention, ring_attention
+from reftrain.attention import _chunked, blockwise_attention, dense_attention
 from tests.reftrain.test_attention_properties import Problem, ring_over
 
 

@@ -1,0 +1,362 @@
+"""Parser of XLA HLO text (``compiled.as_text()``, ``*after_optimizations.txt`` dumps)."""
+
+from __future__ import annotations
+
+import re
+
+from hloscope.hlo.build import build_module
+from hloscope.hlo.errors import ParseError, ScanError
+from hloscope.hlo.model import Computation, HloModule, Instruction, NodeKey, Shape
+from hloscope.hlo.scan import balance, blank_strings, find_close, split_top, strip_comments, unquote
+from hloscope.hlo.shapes import parse_hlo_shape
+
+_HEADER = re.compile(r"HloModule\s+([^\s,]+)\s*(,.*)?$")
+_COMP = re.compile(r"(ENTRY\s+)?%?([\w.\-]+)")
+_HEADER_LIKE = re.compile(r"(ENTRY\s+)?%?[\w.\-]+\s*(\(|\{$)")  # no '=': not an instruction
+_INSTR = re.compile(r"(ROOT\s+)?%?([\w.\-]+)\s*=\s*")
+_OPCODE = re.compile(r"\s*([\w\-]+)\(")
+_NAME = re.compile(r"%?([\w.\-]+)$")
+# The common instruction: array shape, so name, shape and opcode come out of one match.
+_FAST = re.compile(r"(ROOT\s+)?%?([\w.\-]+)\s*=\s*([a-z][a-z0-9]*\[[^\]\[]*\](?:\{[^{}]*\})?)\s*([\w\-]+)\(")
+_SIMPLE_OPERANDS = re.compile(r"\s*%?[\w.\-]+\s*(?:,\s*%?[\w.\-]+\s*)*$")
+_ATTR_START = re.compile(r",\s*([\w.\-]+)=")
+_META = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s}]+)')
+_SECTION_ENTRY = re.compile(r"(\d+)\s+(.*)$")
+_SECTIONS = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
+# Attributes whose value names computations (``select``/``scatter`` only on select-and-scatter).
+_CALL_KEYS = frozenset({"calls", "to_apply", "body", "condition", "true_computation",
+                        "false_computation", "branch_computations", "called_computations"})
+
+
+class _Comp:
+    """A computation while it is being read."""
+
+    def __init__(self, name: str, is_entry: bool, lineno: int) -> None:
+        self.name = name
+        self.is_entry = is_entry
+        self.lineno = lineno
+        self.instructions: list[Instruction] = []
+        self.lines: dict[str, int] = {}  # instruction name -> line, for later errors
+        self.frames: dict[str, int] = {}  # instruction name -> stack_frame_id
+
+
+def parse_hlo(text: str) -> HloModule:
+    """Parses XLA HLO text into an HloModule (dialect 'hlo'); raises ParseError on bad input."""
+    return _HloParser(text).parse()
+
+
+class _HloParser:
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.comps: list[_Comp] = []
+        self.sections: dict[str, dict[int, str]] = {s: {} for s in _SECTIONS}
+        self.shapes: dict[str, Shape] = {}
+        self.needs_entry = False
+
+    def fail(self, expected: str, lineno: int) -> ParseError:
+        line = self.lines[lineno - 1] if 1 <= lineno <= len(self.lines) else None
+        return ParseError(expected, lineno, line)
+
+    def _statement(self, i: int) -> tuple[str, str, int]:
+        """The statement starting on line index ``i`` (joined while brackets stay open), the same
+        with its strings blanked (see blank_strings), and the index of the next line."""
+        parts: list[str] = []
+        blanks: list[str] = []
+        depth = 0
+        j = i
+        try:
+            while True:
+                if j >= len(self.lines):
+                    raise self.fail("expected the brackets of this statement to close "
+                                    "before the end of the input", i + 1)
+                line = self.lines[j].strip()
+                blank = blank_strings(line)
+                parts.append(line)
+                blanks.append(blank)
+                depth += sum(balance(blank))
+                j += 1
+                if depth <= 0:
+                    break
+            if depth < 0:
+                raise self.fail("expected no unmatched closing bracket", i + 1)
+            stmt, blank = " ".join(parts), " ".join(blanks)
+            if "/*" in blank:  # XLA's /*index=5*/ comments: drop them, then re-blank
+                stmt = strip_comments(stmt)
+                blank = blank_strings(stmt)
+        except ScanError as e:
+            raise self.fail(str(e), i + 1) from None
+        return stmt, blank, j
+
+    def parse(self) -> HloModule:
+        name: str | None = None
+        is_scheduled = False
+        current: _Comp | None = None
+        section: str | None = None
+        i = 0
+        n = len(self.lines)
+        while i < n:
+            lineno = i + 1
+            s = self.lines[i].strip()
+            if not s or s.startswith("//"):
+                i += 1
+                continue
+            if current is not None and s == "}":
+                self._close(current)
+                current = None
+                i += 1
+                continue
+            if current is not None and s.endswith("{") and _HEADER_LIKE.match(s):
+                raise self.fail(f"expected '}}' to close computation {current.name!r} (opened on line "
+                                f"{current.lineno}) before the next computation", lineno)
+            if current is None and name is not None and section is not None:
+                m = _SECTION_ENTRY.match(s)
+                if m is not None:
+                    self.sections[section][int(m.group(1))] = m.group(2)
+                    i += 1
+                    continue
+            if current is None and name is not None and s in _SECTIONS:
+                section = s
+                i += 1
+                continue
+            section = None
+            if current is None and name is not None and s.endswith("{"):
+                current = self._open(s, lineno)
+                i += 1
+                continue
+            stmt, blank, i = self._statement(i)
+            try:
+                if name is None:
+                    name, is_scheduled = self._header(stmt)
+                elif current is None:
+                    raise ScanError("expected a computation header like "
+                                    "'%name (p: f32[2]) -> f32[2] {' or 'ENTRY %main {'")
+                else:
+                    self._instruction(stmt, blank, current, lineno)
+            except ScanError as e:
+                raise self.fail(str(e), lineno) from None
+        if name is None:
+            raise ParseError("expected an 'HloModule <name>' header (the input is empty)", 1, None)
+        if current is not None:
+            raise self.fail(f"expected '}}' to close computation {current.name!r} "
+                            "before the end of the input", current.lineno)
+        if not self.comps:
+            raise self.fail("expected at least one computation after the HloModule header", n)
+        return self._finish(name, is_scheduled)
+
+    def _header(self, stmt: str) -> tuple[str, bool]:
+        m = _HEADER.match(stmt)
+        if m is None:
+            raise ScanError("expected 'HloModule <name>, attribute=value, ...' as the first line")
+        attributes = {}
+        for piece in split_top(m.group(2)[1:]) if m.group(2) else []:
+            key, _, value = piece.strip().partition("=")
+            attributes[key.strip()] = value.strip()
+        # XLA prints the entry's layout in the header and the ENTRY computation last; a text that
+        # promises one and has none was cut short.
+        self.needs_entry = "entry_computation_layout" in attributes
+        return m.group(1), attributes.get("is_scheduled") == "true"
+
+    def _open(self, s: str, lineno: int) -> _Comp:
+        m = _COMP.match(s)
+        signature = s[m.end():-1].strip() if m else ""
+        try:
+            if m is None or (signature and not signature.startswith(("(", ","))):
+                raise ScanError("expected a computation header like '%name (p: f32[2]) -> f32[2] {'")
+            split_top(signature)  # only to check its brackets and strings
+        except ScanError as e:
+            raise self.fail(str(e), lineno) from None
+        return _Comp(m.group(2), bool(m.group(1)), lineno)
+
+    def _close(self, comp: _Comp) -> None:
+        if not comp.instructions:
+            raise self.fail(f"expected at least one instruction in computation {comp.name!r}", comp.lineno)
+        roots = [inst for inst in comp.instructions if inst.is_root]
+        if len(roots) > 1:
+            raise self.fail(f"expected one ROOT in computation {comp.name!r}, found {len(roots)}",
+                            comp.lines[roots[1].name])
+        if not roots:  # XLA's own parser makes the last instruction the root
+            comp.instructions[-1].is_root = True
+        self.comps.append(comp)
+
+    def _instruction(self, s: str, blank: str, comp: _Comp, lineno: int) -> None:
+        m = _FAST.match(s)
+        if m is not None:
+            shape = self.shapes.get(m.group(3))
+            if shape is None:  # a module repeats few distinct shapes: parse each once
+                shape, end = parse_hlo_shape(m.group(3))
+                if end != len(m.group(3)):
+                    raise ScanError(f"expected an opcode after the shape {m.group(3)!r}")
+                self.shapes[m.group(3)] = shape
+            opcode, paren = m.group(4), m.end() - 1
+        else:
+            m = _INSTR.match(s)
+            if m is None:
+                raise ScanError("expected an instruction "
+                                "'[ROOT] %name = shape opcode(operands), attribute=value, ...'")
+            shape, pos = parse_hlo_shape(s, m.end())
+            mo = _OPCODE.match(s, pos)
+            if mo is None:
+                raise ScanError(f"expected an opcode followed by '(' at column {pos + 1}")
+            opcode, paren = mo.group(1), mo.end() - 1
+        name = m.group(2)
+        if name in comp.lines:
+            raise ScanError(f"expected a new instruction name; {name!r} is already defined "
+                            f"on line {comp.lines[name]}")
+        close = blank.find(")", paren)
+        if close < 0 or "(" in blank[paren + 1:close]:  # nested parens: the full scanner
+            close = find_close(s, paren)
+        inner = s[paren + 1:close].strip()
+        attributes = _attributes(s, blank, close + 1)
+        operands: list[str] = []
+        if opcode == "constant":
+            attributes["literal"] = inner
+        elif opcode == "parameter":
+            if not inner.isdecimal():
+                raise ScanError("expected parameter(<number>)")
+            attributes["parameter_number"] = inner
+        elif inner and _SIMPLE_OPERANDS.match(inner):
+            operands = [p.strip().lstrip("%") for p in inner.split(",")]
+        elif inner:
+            for piece in split_top(inner):
+                words = piece.split()
+                found = _NAME.match(words[-1]) if words else None
+                if found is None:
+                    raise ScanError(f"expected an operand name, got {piece.strip()[:40]!r}")
+                operands.append(found.group(1))
+        called = _called(opcode, attributes)
+        if opcode == "while" and not ("body" in attributes and "condition" in attributes):
+            raise ScanError("expected condition=%cond and body=%body on a while")
+        op_name, source_file, source_line, frame = _metadata(attributes.get("metadata"))
+        inst = Instruction(
+            name=name, opcode=opcode, shape=shape, computation=comp.name, operands=operands,
+            called_computations=called, attributes=attributes, op_name=op_name,
+            source_file=source_file, source_line=source_line,
+            position=len(comp.instructions), is_root=bool(m.group(1)),
+            operand_results=[None] * len(operands),
+        )
+        comp.instructions.append(inst)
+        comp.lines[name] = lineno
+        if frame is not None and source_file is None:
+            comp.frames[name] = frame
+
+    def _finish(self, name: str, is_scheduled: bool) -> HloModule:
+        by_name: dict[str, _Comp] = {}
+        for comp in self.comps:
+            if comp.name in by_name:
+                raise self.fail(f"expected a new computation name; {comp.name!r} is already "
+                                f"defined on line {by_name[comp.name].lineno}", comp.lineno)
+            by_name[comp.name] = comp
+        entries = [c for c in self.comps if c.is_entry]
+        if len(entries) > 1:
+            raise self.fail("expected one ENTRY computation", entries[1].lineno)
+        if not entries and self.needs_entry:
+            raise self.fail("expected an ENTRY computation (the header has entry_computation_layout; "
+                            "is the text cut short?)", len(self.lines))
+        entry = entries[0].name if entries else self.comps[-1].name  # as XLA: the last one
+        operand_keys: dict[NodeKey, list[NodeKey]] = {}
+        loop_parts: dict[NodeKey, tuple[str, str]] = {}
+        frames = _StackFrames(self.sections)
+        for comp in self.comps:
+            for inst in comp.instructions:
+                lineno = comp.lines[inst.name]
+                for operand in inst.operands:
+                    if operand not in comp.lines:
+                        raise self.fail(f"expected operand {operand!r} to be an instruction of "
+                                        f"computation {comp.name!r}", lineno)
+                for callee in inst.called_computations:
+                    if callee not in by_name:
+                        raise self.fail(f"expected called computation {callee!r} to be defined", lineno)
+                operand_keys[(comp.name, inst.name)] = [(comp.name, o) for o in inst.operands]
+                if inst.opcode == "while":
+                    loop_parts[(comp.name, inst.name)] = (_strip(inst.attributes["body"]),
+                                                          _strip(inst.attributes["condition"]))
+                if inst.name in comp.frames:
+                    inst.source_file, inst.source_line = frames.source(comp.frames[inst.name])
+        computations = [Computation(c.name, c.instructions, c.name == entry) for c in self.comps]
+        return build_module(name, "hlo", computations, entry, is_scheduled, operand_keys, loop_parts)
+
+
+def _strip(name: str) -> str:
+    return name.strip().lstrip("%")
+
+
+def _attributes(s: str, blank: str, start: int) -> dict[str, str]:
+    """``, key=value, key={nested, "quoted"}`` from ``s[start:]`` (``blank``: s with strings
+    blanked). A ', key=' starts an attribute when the brackets before it are balanced; counting
+    with str methods keeps this at C speed for the long JSON backend_configs."""
+    attributes: dict[str, str] = {}
+    rest = blank[start:].strip()
+    if not rest:
+        return attributes
+    if not rest.startswith(","):
+        raise ScanError(f"expected ', attribute=value' after the operands, got {s[start:].strip()[:40]!r}")
+    cuts: list[re.Match[str]] = []
+    count = blank.count
+    for m in _ATTR_START.finditer(blank, start):
+        p = m.start()
+        opened = count("(", start, p) + count("[", start, p) + count("{", start, p)
+        if opened == count(")", start, p) + count("]", start, p) + count("}", start, p):
+            cuts.append(m)
+    if any(balance(blank[start:])):
+        raise ScanError("expected the brackets of the attributes to balance")
+    if not cuts or blank[start:cuts[0].start()].strip():
+        raise ScanError(f"expected attribute=value, got {s[start:].strip()[:40]!r}")
+    for i, m in enumerate(cuts):
+        end = cuts[i + 1].start() if i + 1 < len(cuts) else len(s)
+        value = s[m.end():end].strip()
+        if "," in value and not any(c in value for c in "([{\""):
+            raise ScanError(f"expected attribute=value, got {value[:40]!r}")
+        attributes[m.group(1)] = value
+    return attributes
+
+
+def _called(opcode: str, attributes: dict[str, str]) -> list[str]:
+    called: list[str] = []
+    for key, value in attributes.items():
+        if key in _CALL_KEYS or (opcode == "select-and-scatter" and key in ("select", "scatter")):
+            if value.startswith("{") and value.endswith("}"):
+                value = value[1:-1]
+            for part in value.split(","):
+                part = part.strip()
+                found = _NAME.match(part)
+                if found is None:
+                    raise ScanError(f"expected a computation name in {key}=, got {part[:40]!r}")
+                called.append(found.group(1))
+    return called
+
+
+def _metadata(meta: str | None) -> tuple[str | None, str | None, int | None, int | None]:
+    """op_name, source_file, source_line and stack_frame_id of ``metadata={...}``."""
+    op_name = source_file = None
+    source_line = frame = None
+    if meta:
+        for key, value in _META.findall(meta):
+            text = unquote(value) if value.startswith('"') and len(value) >= 2 else value
+            if key == "op_name":
+                op_name = text
+            elif key == "source_file":
+                source_file = text
+            elif key == "source_line" and text.isdecimal():
+                source_line = int(text)
+            elif key == "stack_frame_id" and text.isdecimal():
+                frame = int(text)
+    return op_name, source_file, source_line, frame
+
+
+class _StackFrames:
+    """Newer XLA prints source positions once, in FileNames/FileLocations/StackFrames tables,
+    and metadata refers to them by ``stack_frame_id``; the frame's own location is the
+    innermost Python line, the one that produced the op."""
+
+    def __init__(self, sections: dict[str, dict[int, str]]) -> None:
+        self.files = {k: unquote(v) if v.startswith('"') and len(v) >= 2 else v
+                      for k, v in sections["FileNames"].items()}
+        self.locations = {k: dict(_META.findall(v)) for k, v in sections["FileLocations"].items()}
+        self.frames = {k: dict(_META.findall(v)) for k, v in sections["StackFrames"].items()}
+
+    def source(self, frame_id: int) -> tuple[str | None, int | None]:
+        location_id = self.frames.get(frame_id, {}).get("file_location_id", "")
+        location = self.locations.get(int(location_id), {}) if location_id.isdecimal() else {}
+        file_id, line = location.get("file_name_id", ""), location.get("line", "")
+        source_file = self.files.get(int(file_id)) if file_id.isdecimal() else None
+        return source_file, int(line) if line.isdecimal() else None

@@ -1,0 +1,125 @@
+"""The machines hloscope compiles for: the host CPU, and GPUs compiled for without one (deviceless).
+
+A GPU target is a GpuTargetConfigProto text shipped in `hloscope/target_configs/`; with the
+`gpu-aot` extra installed, XLA:GPU compiles for it on a CPU-only host (docs/targets.md).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Literal
+
+# The extra that brings the CUDA plugin and ptxas; named in every "missing" message.
+GPU_AOT_INSTALL = 'pip install -e ".[gpu-aot]"'
+
+
+class UnknownTargetError(ValueError):
+    """A target name that is not in TARGETS."""
+
+
+class MissingGpuAotError(RuntimeError):
+    """The deviceless-GPU toolchain (the `gpu-aot` extra) is missing or does not match jaxlib."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One machine to compile for.
+
+    Attributes:
+        name: key in TARGETS, e.g. "h100-80gb".
+        platform: "cpu" (the host's own XLA:CPU) or "cuda" (deviceless XLA:GPU).
+        device_kind: what `jax.Device.device_kind` reports for this target's devices.
+        memory_bytes: device memory per device; None for cpu (host memory is not a budget).
+        config_text: GpuTargetConfigProto text for a cuda target; None for cpu.
+    """
+
+    name: str
+    platform: Literal["cpu", "cuda"]
+    device_kind: str
+    memory_bytes: int | None
+    config_text: str | None
+
+
+def _config(file_name: str) -> str:
+    """Reads a shipped GpuTargetConfigProto text (package data in hloscope/target_configs)."""
+    return resources.files("hloscope").joinpath("target_configs", file_name).read_text()
+
+
+TARGETS: dict[str, Target] = {
+    "cpu": Target(name="cpu", platform="cpu", device_kind="cpu", memory_bytes=None, config_text=None),
+    "a100-80gb": Target(
+        name="a100-80gb",
+        platform="cuda",
+        device_kind="NVIDIA A100-SXM4-80GB",
+        memory_bytes=85_100_068_864,
+        config_text=_config("a100_80gb.txtpb"),
+    ),
+    "h100-80gb": Target(
+        name="h100-80gb",
+        platform="cuda",
+        device_kind="NVIDIA H100 80GB HBM3",
+        memory_bytes=84_929_347_584,
+        config_text=_config("h100_80gb.txtpb"),
+    ),
+}
+
+
+def get_target(name: str) -> Target:
+    """Returns the target called `name`; raises UnknownTargetError listing the known names."""
+    try:
+        return TARGETS[name]
+    except KeyError:
+        known = ", ".join(sorted(TARGETS))
+        raise UnknownTargetError(f"unknown target {name!r}; known targets: {known}") from None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cuda_nvcc_dir() -> Path:
+    """The `nvidia/cuda_nvcc` folder of the pip package (bin/ptxas, nvvm/libdevice).
+
+    Raises MissingGpuAotError when the package is not installed.
+    """
+    try:
+        dist = metadata.distribution("nvidia-cuda-nvcc-cu12")
+    except metadata.PackageNotFoundError:
+        raise MissingGpuAotError(
+            f"nvidia-cuda-nvcc-cu12 (ptxas) is not installed; install it with: {GPU_AOT_INSTALL}"
+        ) from None
+    # locate_file resolves against the install root without importing anything.
+    return Path(str(dist.locate_file("nvidia/cuda_nvcc")))
+
+
+def check_gpu_aot() -> None:
+    """Raises MissingGpuAotError unless deviceless XLA:GPU compilation can work here.
+
+    It needs jax-cuda12-plugin and jax-cuda12-pjrt at exactly jaxlib's version (the plugin's C
+    API is tied to jaxlib's) and ptxas from nvidia-cuda-nvcc-cu12 (without it XLA fails with
+    "No PTX compilation provider"). Nothing is imported: the plugin is a 480 MB library.
+    """
+    jaxlib = _version("jaxlib")
+    problems = []
+    for dist in ("jax-cuda12-plugin", "jax-cuda12-pjrt"):
+        version = _version(dist)
+        if version is None:
+            problems.append(f"{dist} is not installed")
+        elif version != jaxlib:
+            problems.append(f"{dist} {version} does not match jaxlib {jaxlib}")
+    try:
+        ptxas = cuda_nvcc_dir() / "bin" / "ptxas"
+        if not os.access(ptxas, os.X_OK):
+            problems.append(f"ptxas is missing at {ptxas}")
+    except MissingGpuAotError:
+        problems.append("nvidia-cuda-nvcc-cu12 (ptxas) is not installed")
+    if problems:
+        raise MissingGpuAotError(
+            f"deviceless GPU compilation unavailable ({'; '.join(problems)}); install with: {GPU_AOT_INSTALL}"
+        )
