@@ -1,0 +1,46 @@
+"""`attention`: gradient of a scalar loss through reftrain's ring attention over the `sp` axis."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hloscope.programs._registry import AttentionShape, Program, register
+from reftrain.attention import ring_attention
+
+
+def sequence_sharded_inputs(mesh: Mesh, shape: AttentionShape, kv_heads: int) -> list[jax.ShapeDtypeStruct]:
+    """Returns abstract q `[B, S, Hq, D]`, k, v `[B, S, kv_heads, D]` sharded over `sp` on S."""
+    sharding = NamedSharding(mesh, P(None, "sp"))
+    dtype = jnp.dtype(shape.dtype)
+    q = jax.ShapeDtypeStruct((shape.batch, shape.seq, shape.q_heads, shape.head_dim), dtype, sharding=sharding)
+    kv = jax.ShapeDtypeStruct((shape.batch, shape.seq, kv_heads, shape.head_dim), dtype, sharding=sharding)
+    return [q, kv, kv]
+
+
+def build(mesh: Mesh, shape: AttentionShape):
+    """Returns (grad of sum(attention) wrt q, k, v; abstract q, k, v, segment_ids)."""
+    spec = P(None, "sp")
+
+    def local(q, k, v, segment_ids):
+        return ring_attention(
+            q, k, v, segment_ids=segment_ids, q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, axis_name="sp"
+        )
+
+    def loss(q, k, v, segment_ids):
+        out = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4, out_specs=spec)(q, k, v, segment_ids)
+        return jnp.sum(out.astype(jnp.float32))
+
+    segment_ids = jax.ShapeDtypeStruct((shape.batch, shape.seq), jnp.int32, sharding=NamedSharding(mesh, spec))
+    arguments = [*sequence_sharded_inputs(mesh, shape, shape.kv_heads), segment_ids]
+    return jax.grad(loss, argnums=(0, 1, 2)), arguments
+
+
+PROGRAM = register(
+    Program(
+        name="attention",
+        description="gradient wrt q, k, v of reftrain's ring attention (custom VJP, GQA, segment ids rotating)",
+        build=build,
+    )
+)
