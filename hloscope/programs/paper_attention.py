@@ -25,7 +25,9 @@ def paper_ring_attention(q, k, v, segment_ids, *, q_chunk: int, kv_chunk: int, a
     ring_size, device = lax.axis_size(axis_name), lax.axis_index(axis_name)
     q_chunks, kv_chunks = length // q_chunk, length // kv_chunk
     scale = head_dim**-0.5
-    q_blocks = q.reshape(batch, q_chunks, q_chunk, heads, head_dim).swapaxes(0, 1)
+    # Chunks lead, as scan xs: [chunks, B, chunk, H, D].
+    chunked = lambda x, size: x.reshape(batch, length // size, size, *x.shape[2:]).swapaxes(0, 1)
+    q_blocks = chunked(q, q_chunk)
 
     def ring_step(carry, step):
         k, v, numerator, denominator, running_max = carry
@@ -37,13 +39,12 @@ def paper_ring_attention(q, k, v, segment_ids, *, q_chunk: int, kv_chunk: int, a
             q_segments = lax.dynamic_slice_in_dim(segment_ids, q_offset, q_chunk, axis=1)
 
             @jax.checkpoint
-            def kv_step(state, kv_index):
+            def kv_step(state, kv_block):
                 numerator, denominator, running_max = state
+                k_block, v_block, kv_index = kv_block
                 kv_offset = source * length + kv_index * kv_chunk
                 # The full-length segment ids are sliced here, inside the checkpointed body.
                 kv_segments = lax.dynamic_slice_in_dim(segment_ids, kv_offset, kv_chunk, axis=1)
-                k_block = lax.dynamic_slice_in_dim(k, kv_index * kv_chunk, kv_chunk, axis=1)
-                v_block = lax.dynamic_slice_in_dim(v, kv_index * kv_chunk, kv_chunk, axis=1)
                 scores = jnp.einsum("bqhd,bkhd->bhqk", q_block, k_block, preferred_element_type=jnp.float32) * scale
                 q_pos = q_offset + jnp.arange(q_chunk)
                 kv_pos = kv_offset + jnp.arange(kv_chunk)
@@ -59,12 +60,13 @@ def paper_ring_attention(q, k, v, segment_ids, *, q_chunk: int, kv_chunk: int, a
                 denominator = denominator * correction + weights.sum(axis=-1)
                 return (numerator, denominator, block_max), None
 
-            def skip_hidden(state, kv_index):
+            def skip_hidden(state, kv_block):
                 # As the codebase did: a block above the causal diagonal is skipped by lax.cond.
-                visible = q_offset + q_chunk - 1 >= source * length + kv_index * kv_chunk
-                return lax.cond(visible, kv_step, lambda state, _: (state, None), state, kv_index)
+                visible = q_offset + q_chunk - 1 >= source * length + kv_block[2] * kv_chunk
+                return lax.cond(visible, kv_step, lambda state, _: (state, None), state, kv_block)
 
-            state, _ = lax.scan(skip_hidden, (numerator, denominator, running_max), jnp.arange(kv_chunks))
+            kv_blocks = (chunked(k, kv_chunk), chunked(v, kv_chunk), jnp.arange(kv_chunks))
+            state, _ = lax.scan(skip_hidden, (numerator, denominator, running_max), kv_blocks)
             return None, state
 
         blocks = (q_blocks, jnp.arange(q_chunks), numerator, denominator, running_max)

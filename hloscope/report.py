@@ -1,0 +1,104 @@
+"""Terminal summaries of profiles and diffs (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+FIGURES = ("xla_total", "live_peak", "prealloc_accumulated")
+# The paper's Fig. 2 peak reduction for its whole model, (1024, 2048) -> (2048, 4096) chunks.
+PAPER_FIG2_REDUCTION_BYTES = 186e9
+
+
+def human_bytes(count: int | float | None) -> str:
+    """Returns e.g. '34,359,738,368 B (32.00 GiB)'; '-' for None."""
+    if count is None:
+        return "-"
+    return f"{int(count):,} B ({count / 2**30:.2f} GiB)"
+
+
+def _console() -> Console:
+    """Returns a console; a pipe or file gets 160 columns instead of rich's 80, so tables stay readable."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _print_findings(console: Console, findings: list[dict[str, Any]], top: int, title: str) -> None:
+    """Prints a table of findings, then each one's cause and remedy as a sentence."""
+    table = Table(title=title)
+    for column in ("#", "kind", "bytes", "shape", "loops", "invariant", "context", "source"):
+        table.add_column(column, overflow="fold")
+    for rank, finding in enumerate(findings[:top], 1):
+        loops = " x ".join(str(n) for n in finding.get("loops") or []) or "-"
+        invariant = {True: "yes", False: "no"}.get(finding.get("loop_invariant"), "-")
+        table.add_row(
+            str(rank), finding["kind"], human_bytes(finding["bytes"]), finding["shape"], loops, invariant,
+            finding.get("context") or "-", finding.get("source") or finding.get("op_name") or "-",
+        )
+    console.print(table)
+    for rank, finding in enumerate(findings[:top], 1):
+        console.print(f"  #{rank} cause: {finding['cause']}\n     fix: {finding['remedy']}", highlight=False)
+
+
+def print_profile(profile: dict[str, Any], *, top: int = 5, console: Console | None = None) -> None:
+    """Prints the three figures (with their sources), the top findings and the top buffers."""
+    console = console or _console()
+    console.print(f"[bold]{profile['label']}[/bold]  ({profile['dialect']}, {profile['curve']['instructions']:,} instructions)")
+    figures = Table(title="Per-device memory")
+    for column in ("figure", "bytes", "source"):
+        figures.add_column(column)
+    for name in FIGURES:
+        figures.add_row(name, human_bytes(profile["figures"][name]), profile["figure_sources"].get(name, "-"))
+    target = profile.get("target") or {}
+    if target.get("memory_bytes"):
+        figures.add_row("device budget", human_bytes(target["memory_bytes"]), target["device_kind"])
+    console.print(figures)
+    if profile["findings"]:
+        _print_findings(console, profile["findings"], top, "Findings (optimized HLO)")
+    else:
+        console.print("No findings.")
+    if profile.get("stablehlo_findings"):
+        _print_findings(console, profile["stablehlo_findings"], min(top, 3), "Findings (StableHLO before optimization)")
+    buffers = Table(title="Largest buffers")
+    for column in ("instruction", "opcode", "shape", "bytes", "source"):
+        buffers.add_column(column, overflow="fold")
+    for buffer in profile["top_buffers"][:top]:
+        buffers.add_row(buffer["instruction"], buffer["opcode"], buffer["shape"], human_bytes(buffer["bytes"]), buffer["source"] or "-")
+    console.print(buffers)
+
+
+def _finding_key(finding: dict[str, Any]) -> tuple:
+    return (finding["kind"], finding["dtype"], tuple(finding.get("loops") or ()), finding.get("op_name"))
+
+
+def print_diff(a: dict[str, Any], b: dict[str, Any], *, console: Console | None = None) -> None:
+    """Prints both profiles' figures side by side with the reduction, and unmatched findings."""
+    console = console or _console()
+    table = Table(title=f"A = {a['label']}\nB = {b['label']}")
+    for column in ("figure", "A", "B", "reduction A - B"):
+        table.add_column(column)
+    for name in FIGURES:
+        fa, fb = a["figures"][name], b["figures"][name]
+        reduction = None if fa is None or fb is None else fa - fb
+        table.add_row(name, human_bytes(fa), human_bytes(fb), human_bytes(reduction))
+    console.print(table)
+    console.print(
+        f"The paper reports a {PAPER_FIG2_REDUCTION_BYTES / 1e9:.0f} GB peak reduction (Fig. 2) for its whole "
+        "Mistral-7B training step; these profiles cover only what their programs contain."
+    )
+    keys_a = {_finding_key(f): f for f in a["findings"]}
+    keys_b = {_finding_key(f): f for f in b["findings"]}
+    for label, mine, other in (("A", keys_a, keys_b), ("B", keys_b, keys_a)):
+        only = [f for key, f in mine.items() if key not in other]
+        if only:
+            _print_findings(console, only, len(only), f"Findings only in {label}")
+    matched = [(keys_a[k], keys_b[k]) for k in keys_a if k in keys_b]
+    if matched:
+        both = Table(title="Findings in both")
+        for column in ("kind", "A shape", "A bytes", "B shape", "B bytes"):
+            both.add_column(column, overflow="fold")
+        for fa, fb in matched:
+            both.add_row(fa["kind"], fa["shape"], human_bytes(fa["bytes"]), fb["shape"], human_bytes(fb["bytes"]))
+        console.print(both)

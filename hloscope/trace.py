@@ -1,0 +1,396 @@
+"""Per-instruction memory of a parsed module: the Fig. 2 accumulated curve and a live-heap simulation.
+
+    trace = trace_module(parse_module(compiled.as_text()), memory=result.memory,
+                         buffer_assignment=result.dumps.get("buffer_assignment"))
+    trace.prealloc_accumulated[-1], trace.live_peak, trace.xla_total
+
+docs/figures.md says what each figure means and how they relate on a measured example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from hloscope.buffer_assignment import BufferAssignment, parse_buffer_assignment
+from hloscope.hlo import HloModule, Instruction
+
+#: The calling instructions above an instruction, outermost first (a while, call or
+#: conditional per level); it tells the copies of a computation with several callers apart.
+Stack = tuple[Instruction, ...]
+
+# Results that are another value under a new name: they add nothing to prealloc_accumulated.
+# MLIR 'reshape' is here because XLA turns it into a bitcast; 'return' is the terminator. The
+# instructions a while/call/conditional runs are walked and counted themselves, so the calling
+# instruction counts 0 there (the live simulation gives a call's result its own buffer).
+ALIAS_OPCODES = frozenset({
+    "parameter", "get-tuple-element", "get_tuple_element", "tuple", "bitcast", "reshape",
+    "while", "call", "conditional", "case", "if", "return", "opt-barrier", "optimization_barrier",
+    "after-all", "after_all", "add-dependency", "domain",
+})
+# HLO 'reshape' survives optimisation only where it moves data; there it is a real copy.
+_HLO_REAL = frozenset({"reshape"})
+# Calls whose computations run at the point of the call; their instructions are walked there.
+# Fusions and reducers (reduce, sort, map, scatter, all-reduce ...) are leaves: they allocate
+# their output and nothing else that XLA exposes.
+WALKED_CALLS = frozenset({"while", "call", "conditional", "case", "if"})
+# Updates XLA performs in place on their first operand (the result shares its buffer).
+IN_PLACE = frozenset({"dynamic-update-slice", "dynamic_update_slice", "scatter"})
+# Calls whose results get a buffer of the caller (the callee writes its outputs there).
+_RESULT_IN_CALLER = frozenset({"call", "conditional", "case", "if"})
+
+
+def called_in_order(module: HloModule, inst: Instruction) -> list[str]:
+    """The computations `inst` runs where it stands: a while's condition then body, a call's
+    callee, every branch of a conditional/case; [] for fusions and other leaves."""
+    if inst.opcode not in WALKED_CALLS:
+        return []
+    if inst.opcode == "while":
+        cond, body = inst.attributes.get("condition"), inst.attributes.get("body")
+        names = [n.lstrip("%") for n in (cond, body) if n]
+        return [n for n in names if n in module.computations] or list(inst.called_computations)
+    return [c for c in inst.called_computations if c in module.computations]
+
+
+def walk_schedule(module: HloModule) -> Iterator[tuple[Instruction, Stack]]:
+    """Yields every instruction in schedule order with its calling stack.
+
+    The entry computation in its order; the computations of a while (condition, body), call or
+    conditional are walked once, right after the calling instruction. Optimized HLO is
+    scheduled, so textual order is XLA's order; StableHLO has no schedule (textual order).
+    """
+    def walk(comp: str, stack: Stack) -> Iterator[tuple[Instruction, Stack]]:
+        for inst in module.computations[comp].instructions:
+            yield inst, stack
+            for callee in called_in_order(module, inst):
+                if len(stack) < 64 and inst not in stack:  # recursion is invalid HLO; never hang
+                    yield from walk(callee, stack + (inst,))
+    yield from walk(module.entry, ())
+
+
+def output_bytes(inst: Instruction) -> int:
+    """Bytes of the buffer an instruction allocates (its output; for async '*-start' only the
+    result part of its (operands, result, context) tuple)."""
+    shape = inst.shape
+    if inst.opcode.endswith("-start") and shape.is_tuple and len(shape.elements) >= 2:
+        return shape.elements[1].nbytes()
+    return shape.nbytes()
+
+
+def is_alias(module: HloModule, inst: Instruction) -> bool:
+    """True when the result is only a new name for existing buffers (see ALIAS_OPCODES)."""
+    if inst.opcode in _HLO_REAL and module.dialect == "hlo":
+        return False
+    return inst.opcode in ALIAS_OPCODES or inst.opcode.endswith("-done")
+
+
+def prealloc_bytes(module: HloModule, inst: Instruction) -> int:
+    """What an instruction adds to the Fig. 2 curve: its output bytes, 0 for aliases.
+
+    Constants count (XLA allocates them); in-place updates count their whole output, as the
+    paper's per-instruction metric does.
+    """
+    return 0 if is_alias(module, inst) else output_bytes(inst)
+
+
+def _root_through(module: HloModule, comp: str) -> Instruction:
+    """A computation's result instruction, seen through bitcasts and a single-operand return."""
+    inst = module.computations[comp].root()
+    while inst.opcode in ("return", "bitcast") and len(inst.operands) == 1:
+        inst = module.operands_of(inst)[0]
+    return inst
+
+
+def dus_of(module: HloModule, inst: Instruction, depth: int = 0) -> tuple[Instruction, Stack] | None:
+    """The dynamic-update-slice whose result `inst`'s output is, with the fusions/calls between.
+
+    `inst` itself, the root of a fusion (how optimized HLO writes in-place updates), or the
+    result of a called function (StableHLO's `dynamic_update_index_in_dim` helpers).
+    """
+    if inst.opcode in ("dynamic-update-slice", "dynamic_update_slice"):
+        return inst, ()
+    if inst.opcode in ("fusion", "call") and inst.called_computations and depth < 8:
+        callee = inst.called_computations[0]
+        if callee in module.computations:
+            root = _root_through(module, callee)
+            found = dus_of(module, root, depth + 1)
+            if found is not None:
+                return found[0], (inst,) + found[1]
+    return None
+
+
+def in_place_operand(module: HloModule, inst: Instruction) -> int | None:
+    """Which operand's buffer `inst` updates in place (None if it allocates a new one)."""
+    if inst.opcode in IN_PLACE:
+        return 0
+    if inst.opcode in ("fusion", "call") and inst.called_computations:
+        callee = inst.called_computations[0]
+        if callee not in module.computations:
+            return None
+        root = _root_through(module, callee)
+        if root.opcode in IN_PLACE and root.operands:
+            target = module.operands_of(root)[0]
+            while target.opcode in ("bitcast",) and target.operands:
+                target = module.operands_of(target)[0]
+            if target.opcode == "parameter" and target.computation == callee:
+                number = int(target.attributes.get("parameter_number", "-1"))
+                return number if 0 <= number < len(inst.operands) else None
+    return None
+
+
+@dataclass
+class Trace:
+    """Memory figures of one module (docs/figures.md).
+
+    schedule[i] is the i-th walked instruction and stacks[i] its calling stack;
+    prealloc_accumulated[i] and live_curve[i] are the two curves at that point. live_at_peak
+    lists the buffers live at live_peak (by allocating instruction), largest first; their bytes
+    add up to live_peak. figures holds every named figure of the buffer-assignment dump.
+    """
+
+    schedule: list[Instruction]
+    stacks: list[Stack]
+    prealloc_accumulated: list[int]
+    live_curve: list[int]
+    live_peak: int
+    live_peak_index: int | None
+    live_at_peak: list[tuple[Instruction, int]]
+    xla_total: int | None
+    sources: dict[str, str]
+    buffer_assignment: BufferAssignment | None = None
+    buffer_assignment_temp: int | None = None
+    buffer_assignment_total: int | None = None
+    figures: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def prealloc_total(self) -> int:
+        """The last value of the accumulated curve (0 for an empty module)."""
+        return self.prealloc_accumulated[-1] if self.prealloc_accumulated else 0
+
+    def largest_allocators(self, n: int = 10) -> list[tuple[Instruction, int]]:
+        """The n walked instructions that add the most to prealloc_accumulated."""
+        steps = [(inst, b - a) for inst, a, b in
+                 zip(self.schedule, [0] + self.prealloc_accumulated[:-1], self.prealloc_accumulated)]
+        return sorted((s for s in steps if s[1] > 0), key=lambda s: -s[1])[:n]
+
+
+class _LiveSim:
+    """Liveness simulation over the walked schedule (see trace_module for the rules)."""
+
+    def __init__(self, module: HloModule) -> None:
+        self.module = module
+        self.curve: list[int] = []
+        self.levels: list[dict[tuple[str, int], tuple[Instruction, int]]] = []
+        self.snapshot_at: int | None = None
+        self.snapshot: list[tuple[Instruction, int]] = []
+        self._ancestor: dict[tuple[str, str], Instruction | None] = {}
+
+    def _ancestor_in(self, user: Instruction, comp: str) -> Instruction | None:
+        """The op of `comp` whose region (transitively) holds `user` (MLIR captures)."""
+        key = (user.computation, comp)
+        if key not in self._ancestor:
+            current, found, seen = user.computation, None, set()
+            while current not in seen:
+                seen.add(current)
+                callers = self.module.callers(current)
+                if not callers:
+                    break
+                if callers[0].computation == comp:
+                    found = callers[0]
+                    break
+                current = callers[0].computation
+            self._ancestor[key] = found
+        return self._ancestor[key]
+
+    def _record(self, total: int) -> None:
+        if self.snapshot_at is not None and len(self.curve) == self.snapshot_at:
+            merged: dict[int, list] = {}
+            for level in self.levels:
+                for inst, size in level.values():
+                    merged.setdefault(id(inst), [inst, 0])[1] += size
+            self.snapshot = [(inst, size) for inst, size in merged.values()]
+        self.curve.append(total)
+
+    def _values(self, comp: str) -> dict[str, "Owners"]:
+        """Which buffers each value of `comp` is: a set of owners, or one set per tuple element.
+
+        An owner is (allocating instruction, tuple element or -1): the elements of a tuple-shaped
+        result (a custom-call's output and workspace) are separate buffers with their own ends.
+        """
+        module, is_entry = self.module, comp == self.module.entry
+        values: dict[str, Owners] = {}
+
+        def of(user: Instruction, k: int) -> Owners:
+            op = module.operands_of(user)[k]
+            if op.computation != comp:
+                return frozenset()  # captured from an enclosing region: that level owns it
+            value = values.get(op.name, frozenset())
+            result = user.operand_results[k] if k < len(user.operand_results) else None
+            if isinstance(value, list) and result is not None and result < len(value):
+                return value[result]
+            return _flat(value)
+
+        for inst in module.computations[comp].instructions:
+            place = in_place_operand(module, inst)
+            n = len(inst.operands)
+            if inst.opcode == "parameter":
+                values[inst.name] = frozenset({(inst.name, -1)}) if is_entry else frozenset()
+            elif place is not None and place < n:
+                values[inst.name] = of(inst, place)
+            elif inst.opcode in ("get-tuple-element", "get_tuple_element") and n == 1:
+                whole = values.get(inst.operands[0], frozenset())
+                at = int(inst.attributes.get("index", "-1"))
+                element = isinstance(whole, list) and 0 <= at < len(whole)
+                values[inst.name] = whole[at] if element else of(inst, 0)
+            elif inst.opcode == "tuple" or (inst.opcode == "while" and n > 1):
+                values[inst.name] = [of(inst, k) for k in range(n)]
+            elif inst.opcode == "while" and n == 1:
+                values[inst.name] = of(inst, 0) if module.operands_of(inst)[0].computation != comp \
+                    else values.get(inst.operands[0], frozenset())
+            elif inst.opcode == "constant":
+                values[inst.name] = frozenset()  # read-only data of the executable, not heap
+            elif is_alias(module, inst) and inst.opcode not in _RESULT_IN_CALLER:
+                values[inst.name] = frozenset().union(*(of(inst, k) for k in range(n)))
+            elif inst.shape.is_tuple:
+                values[inst.name] = [frozenset({(inst.name, i)}) for i in range(len(inst.shape.elements))]
+            else:
+                values[inst.name] = frozenset({(inst.name, -1)})
+        return values
+
+    def run(self, comp: str, stack: Stack, base: int, uses: "Uses") -> None:
+        """Appends one curve point per instruction of `comp` (and of what it calls)."""
+        module = self.module
+        insts = module.computations[comp].instructions
+        is_entry = comp == module.entry
+        by_name = {inst.name: inst for inst in insts}
+        values = self._values(comp)
+        end: dict[Owner, int] = {}
+        for i, inst in enumerate(insts):
+            value = values[inst.name]
+            for result, last in uses.get((comp, inst.name), {}).items():
+                element = isinstance(value, list) and result is not None and result < len(value)
+                part = value[result] if element else _flat(value)
+                for owner in part:
+                    end[owner] = max(end.get(owner, -1), last)
+            for owner in _flat(value):
+                end.setdefault(owner, i)  # never used: freed right after it is made
+        outputs = _flat(values[module.computations[comp].root().name])
+        for owner in outputs:
+            end[owner] = len(insts)  # results live on: in the caller, or as program outputs
+        frees: dict[int, list[Owner]] = {}
+        for owner, i in end.items():
+            frees.setdefault(i, []).append(owner)
+        live, level = 0, {}
+        self.levels.append(level)
+        if is_entry:  # arguments are live from the start to the end
+            for inst in insts:
+                if inst.opcode == "parameter":
+                    live += output_bytes(inst)
+                    level[(inst.name, -1)] = (inst, output_bytes(inst))
+        for i, inst in enumerate(insts):
+            if inst.opcode != "parameter":
+                for owner in _flat(values[inst.name]):
+                    # A called computation's results are written into its caller's buffers.
+                    if owner[0] == inst.name and (is_entry or owner not in outputs):
+                        size = output_bytes(inst) if owner[1] < 0 else inst.shape.elements[owner[1]].nbytes()
+                        live += size
+                        level[owner] = (inst, size)
+            self._record(base + live)
+            for callee in called_in_order(module, inst):
+                if len(stack) < 64 and inst not in stack:
+                    self.run(callee, stack + (inst,), base + live, uses)
+            for owner in frees.get(i, ()):
+                if owner in level and by_name[owner[0]].opcode != "parameter":
+                    live -= level.pop(owner)[1]
+        self.levels.pop()
+
+
+Owner = tuple[str, int]
+Owners = "frozenset[Owner] | list[frozenset[Owner]]"
+Uses = dict[tuple[str, str], dict["int | None", int]]
+
+
+def _flat(value: "frozenset[Owner] | list[frozenset[Owner]]") -> frozenset[Owner]:
+    return frozenset().union(*value) if isinstance(value, list) else value
+
+
+def _last_uses(module: HloModule, sim: _LiveSim) -> Uses:
+    """(computation, value) -> {result index or None: index of its last user there}; a use
+    inside a nested MLIR region counts at the op that holds the region."""
+    positions = {comp.name: {inst.name: i for i, inst in enumerate(comp.instructions)}
+                 for comp in module.computations.values()}
+    uses: Uses = {}
+    for comp in module.computations.values():
+        for i, user in enumerate(comp.instructions):
+            for k, op in enumerate(module.operands_of(user)):
+                if op.computation == comp.name:
+                    at = i
+                else:
+                    holder = sim._ancestor_in(user, op.computation)
+                    if holder is None:
+                        continue
+                    at = positions[op.computation][holder.name]
+                result = user.operand_results[k] if k < len(user.operand_results) else None
+                slot = uses.setdefault((op.computation, op.name), {})
+                slot[result] = max(slot.get(result, -1), at)
+    return uses
+
+
+def trace_module(module: HloModule, *, buffer_assignment: str | None = None,
+                 memory: dict | None = None) -> Trace:
+    """Returns the memory figures of `module` (optimized HLO, or StableHLO in textual order).
+
+    prealloc_accumulated: running sum of prealloc_bytes over walk_schedule. live_curve: bytes
+    live at each walked instruction: a value is allocated where defined and freed after its
+    last use in its computation; aliases (ALIAS_OPCODES, in-place updates) add nothing and keep
+    their source alive; a while/call/conditional adds the live bytes of its computations while
+    they run (their results are the caller's buffers); entry parameters are live throughout;
+    constants are executable data, not heap. `memory` is CompileResult.memory (XLA's
+    memory_analysis, with 'xla_total'); `buffer_assignment` the text of XLA's
+    *-buffer-assignment.txt dump (hloscope.buffer_assignment documents the format).
+    """
+    schedule: list[Instruction] = []
+    stacks: list[Stack] = []
+    accumulated: list[int] = []
+    total = 0
+    for inst, stack in walk_schedule(module):
+        total += prealloc_bytes(module, inst)
+        schedule.append(inst)
+        stacks.append(stack)
+        accumulated.append(total)
+
+    sim = _LiveSim(module)
+    uses = _last_uses(module, sim)
+    sim.run(module.entry, (), 0, uses)
+    curve = sim.curve
+    peak_index = max(range(len(curve)), key=curve.__getitem__) if curve else None
+    at_peak: list[tuple[Instruction, int]] = []
+    if peak_index is not None:
+        again = _LiveSim(module)
+        again.snapshot_at = peak_index
+        again.run(module.entry, (), 0, uses)
+        at_peak = sorted(again.snapshot, key=lambda item: -item[1])
+    order = ("optimized HLO schedule" if module.is_scheduled
+             else "textual order of the module (it has no schedule)")
+    sources = {
+        "prealloc_accumulated": f"sum of instruction output bytes over the {order}",
+        "live_peak": f"simulation over the {order}",
+    }
+    xla_total = None
+    if memory is not None and memory.get("xla_total") is not None:
+        xla_total = int(memory["xla_total"])
+        sources["xla_total"] = "XLA memory_analysis (argument + output + temp - alias)"
+    trace = Trace(
+        schedule=schedule, stacks=stacks, prealloc_accumulated=accumulated, live_curve=curve,
+        live_peak=max(curve) if curve else 0, live_peak_index=peak_index, live_at_peak=at_peak,
+        xla_total=xla_total, sources=sources,
+    )
+    if buffer_assignment is not None:
+        assignment = parse_buffer_assignment(buffer_assignment)
+        trace.buffer_assignment = assignment
+        trace.buffer_assignment_temp = assignment.temp_bytes
+        trace.buffer_assignment_total = assignment.total_bytes
+        trace.figures.update(assignment.figures())
+        sources["buffer_assignment_temp"] = "XLA buffer assignment dump (preallocated-temp allocations)"
+        sources["buffer_assignment_total"] = "XLA buffer assignment dump (sum of all allocations)"
+    return trace
