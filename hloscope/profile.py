@@ -37,8 +37,12 @@ def _downsample(curve: list[int], points: int = CURVE_POINTS) -> list[list[int]]
 
 
 def _top_buffers(module: HloModule, count: int) -> list[dict[str, Any]]:
-    """Returns the `count` largest instruction outputs of the module, largest first."""
-    sized = sorted(module.instructions(), key=lambda inst: inst.shape.nbytes(), reverse=True)[:count]
+    """Returns the `count` largest array outputs of the module, largest first.
+
+    Tuples are left out: a loop's state tuple only groups buffers that are listed on their own.
+    """
+    arrays = (inst for inst in module.instructions() if not inst.shape.is_tuple)
+    sized = sorted(arrays, key=lambda inst: inst.shape.nbytes(), reverse=True)[:count]
     return [
         {
             "instruction": inst.name,

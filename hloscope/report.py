@@ -70,7 +70,9 @@ def print_profile(profile: dict[str, Any], *, top: int = 5, console: Console | N
 
 
 def _finding_key(finding: dict[str, Any]) -> tuple:
-    return (finding["kind"], finding["dtype"], tuple(finding.get("loops") or ()), finding.get("op_name"))
+    """Identifies 'the same' offender across chunk sizes: its shape and trip counts may differ."""
+    return (finding["kind"], finding["dtype"], len(finding.get("loops") or ()), finding.get("loop_invariant"),
+            finding.get("source") or finding.get("op_name"))
 
 
 def print_diff(a: dict[str, Any], b: dict[str, Any], *, console: Console | None = None) -> None:
@@ -97,8 +99,10 @@ def print_diff(a: dict[str, Any], b: dict[str, Any], *, console: Console | None 
     matched = [(keys_a[k], keys_b[k]) for k in keys_a if k in keys_b]
     if matched:
         both = Table(title="Findings in both")
-        for column in ("kind", "A shape", "A bytes", "B shape", "B bytes"):
+        for column in ("kind", "invariant", "A shape", "A bytes", "B shape", "B bytes", "reduction A - B"):
             both.add_column(column, overflow="fold")
         for fa, fb in matched:
-            both.add_row(fa["kind"], fa["shape"], human_bytes(fa["bytes"]), fb["shape"], human_bytes(fb["bytes"]))
+            invariant = {True: "yes", False: "no"}.get(fa.get("loop_invariant"), "-")
+            both.add_row(fa["kind"], invariant, fa["shape"], human_bytes(fa["bytes"]), fb["shape"],
+                         human_bytes(fb["bytes"]), human_bytes(fa["bytes"] - fb["bytes"]))
         console.print(both)
