@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 
-from hloscope.hlo import HloModule, Instruction, WhileLoop
+from hloscope.hlo import CALL_OPCODES, HloModule, Instruction, WhileLoop
 from hloscope.trace import Stack, dus_of, in_place_operand, prealloc_bytes, walk_schedule
 
 _KIND_RANK = {"loop_stacked_residual": 0, "large_integer_table": 1, "large_buffer": 2}
@@ -26,6 +26,9 @@ _RESHAPING = _ALIAS | {"broadcast", "broadcast_in_dim", "transpose", "convert"}
 # Values that differ from one execution to the next even with the same operands.
 _VARYING = frozenset({"rng", "rng-bit-generator", "rng-get-and-update-state", "rng_bit_generator",
                       "custom-call", "custom_call", "infeed", "recv", "recv-done"})
+# Ops whose computation's parameters are their operands and whose results are its results
+# (a shard_map body included: its sdy.manual_computation region is one).
+_CALLS = CALL_OPCODES | {"fusion"}
 _MAX_DEPTH = 600
 Val = tuple[Instruction, tuple[int, ...], Stack]
 
@@ -124,13 +127,13 @@ class _Flow:
             if caller is None:
                 return None
             number = int(inst.attributes.get("parameter_number", "-1"))
-            if caller.opcode in ("fusion", "call") and 0 <= number < len(caller.operands):
+            if caller.opcode in _CALLS and 0 <= number < len(caller.operands):
                 return self.operand(caller, number, rest, idx)
             if caller.opcode == "conditional" and inst.computation in caller.called_computations:
                 branch = caller.called_computations.index(inst.computation)
                 return self.operand(caller, branch + 1, rest, idx)
             return None
-        if enter and op in ("fusion", "call") and inst.called_computations:
+        if enter and op in _CALLS and inst.called_computations:
             return self.output(inst.called_computations[0], idx, stack + (inst,))
         return None
 
@@ -322,7 +325,7 @@ def find_offenders(module: HloModule, *, budget_bytes: int | None = None, budget
     sys.setrecursionlimit(max(old_limit, 20 * _MAX_DEPTH))
     try:
         for inst, stack in walk_schedule(module):
-            if any(s.opcode == "call" and dus_of(module, s) for s in stack):
+            if any(s.opcode in CALL_OPCODES and dus_of(module, s) for s in stack):
                 continue  # inside a helper whose call is the site itself
             key = (inst.computation, inst.name)
             size = inst.shape.nbytes()
@@ -344,7 +347,9 @@ def find_offenders(module: HloModule, *, budget_bytes: int | None = None, budget
             common = dict(instruction=inst.name, computation=inst.computation, opcode=inst.opcode,
                           shape=str(inst.shape), dtype=dtype, bytes=size, op_name=op_name, source=source,
                           loops=[], context=_context(chain))
-            if dtype.startswith(_INTEGER) and dtype[1:].isdigit() and size >= min_bytes:
+            # A parameter is data the caller hands in (segment ids, tokens), not a table XLA built.
+            built = inst.opcode != "parameter"
+            if built and dtype.startswith(_INTEGER) and dtype[1:].isdigit() and size >= min_bytes:
                 found[key] = Finding("large_integer_table", **common, cause=(
                     f"{inst.shape} holds {_human(size)} of integers: a table built whole from ids, "
                     "positions or indices."), remedy=(

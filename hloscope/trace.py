@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from hloscope.buffer_assignment import BufferAssignment, parse_buffer_assignment
-from hloscope.hlo import HloModule, Instruction
+from hloscope.hlo import CALL_OPCODES, HloModule, Instruction
 
 #: The calling instructions above an instruction, outermost first (a while, call or
 #: conditional per level); it tells the copies of a computation with several callers apart.
@@ -25,19 +25,20 @@ Stack = tuple[Instruction, ...]
 # instruction counts 0 there (the live simulation gives a call's result its own buffer).
 ALIAS_OPCODES = frozenset({
     "parameter", "get-tuple-element", "get_tuple_element", "tuple", "bitcast", "reshape",
-    "while", "call", "conditional", "case", "if", "return", "opt-barrier", "optimization_barrier",
+    "while", "conditional", "case", "if", "return", "opt-barrier", "optimization_barrier",
     "after-all", "after_all", "add-dependency", "domain",
-})
+}) | CALL_OPCODES
 # HLO 'reshape' survives optimisation only where it moves data; there it is a real copy.
 _HLO_REAL = frozenset({"reshape"})
-# Calls whose computations run at the point of the call; their instructions are walked there.
+# Calls whose computations run at the point of the call; their instructions are walked there
+# (CALL_OPCODES: calls and shard_map's sdy.manual_computation region, which runs once per device).
 # Fusions and reducers (reduce, sort, map, scatter, all-reduce ...) are leaves: they allocate
 # their output and nothing else that XLA exposes.
-WALKED_CALLS = frozenset({"while", "call", "conditional", "case", "if"})
+WALKED_CALLS = frozenset({"while", "conditional", "case", "if"}) | CALL_OPCODES
 # Updates XLA performs in place on their first operand (the result shares its buffer).
 IN_PLACE = frozenset({"dynamic-update-slice", "dynamic_update_slice", "scatter"})
 # Calls whose results get a buffer of the caller (the callee writes its outputs there).
-_RESULT_IN_CALLER = frozenset({"call", "conditional", "case", "if"})
+_RESULT_IN_CALLER = frozenset({"conditional", "case", "if"}) | CALL_OPCODES
 
 
 def called_in_order(module: HloModule, inst: Instruction) -> list[str]:
@@ -109,7 +110,7 @@ def dus_of(module: HloModule, inst: Instruction, depth: int = 0) -> tuple[Instru
     """
     if inst.opcode in ("dynamic-update-slice", "dynamic_update_slice"):
         return inst, ()
-    if inst.opcode in ("fusion", "call") and inst.called_computations and depth < 8:
+    if (inst.opcode == "fusion" or inst.opcode in CALL_OPCODES) and inst.called_computations and depth < 8:
         callee = inst.called_computations[0]
         if callee in module.computations:
             root = _root_through(module, callee)
@@ -123,7 +124,7 @@ def in_place_operand(module: HloModule, inst: Instruction) -> int | None:
     """Which operand's buffer `inst` updates in place (None if it allocates a new one)."""
     if inst.opcode in IN_PLACE:
         return 0
-    if inst.opcode in ("fusion", "call") and inst.called_computations:
+    if (inst.opcode == "fusion" or inst.opcode in CALL_OPCODES) and inst.called_computations:
         callee = inst.called_computations[0]
         if callee not in module.computations:
             return None

@@ -15,9 +15,10 @@ from typing import Callable
 from hloscope.hlo.errors import ParseError
 from hloscope.hlo.hlo_text import parse_hlo as _parse_hlo
 from hloscope.hlo.mlir_text import parse_stablehlo as _parse_stablehlo
-from hloscope.hlo.model import Computation, HloModule, Instruction, Shape, WhileLoop
+from hloscope.hlo.model import CALL_OPCODES, Computation, HloModule, Instruction, Shape, WhileLoop
 
 __all__ = [
+    "CALL_OPCODES",
     "Computation",
     "HloModule",
     "Instruction",

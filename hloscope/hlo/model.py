@@ -27,6 +27,13 @@ _BITS: dict[str, int] = {
 #: Every element type name a Shape may carry ('tuple' is the dtype of tuple shapes).
 DTYPES: frozenset[str] = frozenset(_BITS) | {"tuple"}
 
+#: Opcodes that run their one called computation once, where they stand, with its parameters
+#: bound to their operands in order and its results as theirs: HLO/MLIR ``call``, and the
+#: shardy region ops that hold a ``shard_map`` body (``sdy.manual_computation``, whose region
+#: sees per-device shapes) or a named function (``sdy.named_computation``). Fusions map their
+#: parameters the same way but are leaves of the schedule, so they are not listed here.
+CALL_OPCODES: frozenset[str] = frozenset({"call", "manual_computation", "named_computation"})
+
 
 @dataclass(frozen=True)
 class Shape:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Union
 
+from hloscope.hlo.model import CALL_OPCODES
 from hloscope.hlo.scan import unquote
 from hloscope.hlo.shapes import parse_int_literal
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 # Deep enough for fusion-wrapped compares inside calls; bounded so bad input cannot recurse far.
 _MAX_DEPTH = 48
 _PASS_THROUGH = {"copy", "convert", "bitcast", "reshape"}
-_CALLS = {"fusion", "call"}
+_CALLS = CALL_OPCODES | {"fusion"}
 _MIRROR = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE", "EQ": "EQ", "NE": "NE"}
 _KNOWN = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)"?')
 
