@@ -304,6 +304,9 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
                    dtype, site.shape.nbytes(), op_name, source, loops, invariant, context, cause, remedy)
 
 
+_LAZY_BEFORE_FUSION = frozenset({"broadcast_in_dim", "broadcast", "iota"})
+
+
 def find_offenders(module: HloModule, *, budget_bytes: int | None = None, budget_share: float = 0.05,
                    min_bytes: int = 1 << 20) -> list[Finding]:
     """Returns the offending buffers of `module`: loop-invariant stacked residuals first (pure
@@ -347,8 +350,10 @@ def find_offenders(module: HloModule, *, budget_bytes: int | None = None, budget
             common = dict(instruction=inst.name, computation=inst.computation, opcode=inst.opcode,
                           shape=str(inst.shape), dtype=dtype, bytes=size, op_name=op_name, source=source,
                           loops=[], context=_context(chain))
-            # A parameter is data the caller hands in (segment ids, tokens), not a table XLA built.
-            built = inst.opcode != "parameter"
+            # A parameter is data the caller hands in (segment ids, tokens), not a table XLA built;
+            # before optimization a broadcast or iota is lazy: XLA fuses it into its consumers.
+            lazy = module.dialect == "stablehlo" and inst.opcode in _LAZY_BEFORE_FUSION
+            built = inst.opcode != "parameter" and not lazy
             if built and dtype.startswith(_INTEGER) and dtype[1:].isdigit() and size >= min_bytes:
                 found[key] = Finding("large_integer_table", **common, cause=(
                     f"{inst.shape} holds {_human(size)} of integers: a table built whole from ids, "

@@ -131,3 +131,19 @@ def test_diff_refuses_a_file_that_is_not_a_profile(tmp_path, capsys):
     bogus.write_text(json.dumps({"schema": "plan/1"}))
     assert cli.main(["diff", str(bogus), str(bogus)]) == 2
     assert "is not a profile of schema hloscope.profile/1" in capsys.readouterr().err
+
+
+def test_our_attention_has_no_integer_table_before_optimization_either():
+    # The block masks compare broadcast segment ids; before fusion those broadcasts are lazy.
+    import os
+
+    from hloscope.findings import find_offenders
+    from hloscope.hlo import parse_module
+    from hloscope.programs import lower_program
+
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    lowered = lower_program(jax.devices(), "attention", seq=8192, q_chunk=256, kv_chunk=512,
+                            q_heads=4, kv_heads=2, head_dim=16)
+    for text in (lowered.as_text(), lowered.compile().as_text()):
+        findings = find_offenders(parse_module(text), min_bytes=1 << 16)
+        assert not [f for f in findings if f.dtype.startswith(("s", "u"))], findings
