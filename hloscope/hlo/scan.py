@@ -30,22 +30,28 @@ def _tokens(angles: bool) -> re.Pattern[str]:
     return _MLIR_TOKENS if angles else _HLO_TOKENS
 
 
+def _track(t: str, stack: list[str]) -> bool:
+    """Updates the bracket `stack` with token `t`; returns True when `t` closed a bracket."""
+    c = t[0]
+    if c == '"':
+        if len(t) == 1:
+            raise ScanError("expected a closing '\"' (unterminated string)")
+    elif c in _CLOSER and t != "->":
+        stack.append(_CLOSER[c])
+    elif c in ")]}>":
+        if not stack or stack.pop() != t:
+            raise ScanError(f"unexpected {t!r} (brackets do not match)")
+        return True
+    return False
+
+
 def find_close(s: str, i: int, angles: bool = False) -> int:
     """Index of the bracket that closes the opener at ``s[i]``."""
     stack: list[str] = []
     for m in _tokens(angles).finditer(s, i):
         t = m.group()
-        c = t[0]
-        if c == '"':
-            if len(t) == 1:
-                raise ScanError("expected a closing '\"' (unterminated string)")
-        elif c in _CLOSER and t != "->":
-            stack.append(_CLOSER[c])
-        elif c in ")]}>":
-            if not stack or stack.pop() != t:
-                raise ScanError(f"unexpected {t!r} (brackets do not match)")
-            if not stack:
-                return m.start()
+        if _track(t, stack) and not stack:
+            return m.start()
     raise ScanError(f"expected {stack[-1]!r} to close {s[i]!r} opened at column {i + 1}" if stack
                     else f"expected a bracket at column {i + 1}")
 
@@ -95,14 +101,7 @@ def top_level_find(s: str, needle: str, angles: bool = False, last: bool = False
                 found = k
                 if not last:
                     break
-        if c == '"':
-            if len(t) == 1:
-                raise ScanError("expected a closing '\"' (unterminated string)")
-        elif c in _CLOSER and t != "->":
-            stack.append(_CLOSER[c])
-        elif c in ")]}>":
-            if not stack or stack.pop() != t:
-                raise ScanError(f"unexpected {t!r} (brackets do not match)")
+        _track(t, stack)
         if not stack:
             start = m.end()
     else:

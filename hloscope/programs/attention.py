@@ -19,6 +19,19 @@ def sequence_sharded_inputs(mesh: Mesh, shape: AttentionShape, kv_heads: int) ->
     return [q, kv, kv]
 
 
+def qkv_gradient(local, mesh: Mesh, segment_spec: P):
+    """Returns grad wrt (q, k, v) of sum(shard_map(local)(q, k, v, segment_ids)), in float32."""
+    spec = P(None, "sp")
+
+    def loss(q, k, v, segment_ids):
+        out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, segment_spec), out_specs=spec)(
+            q, k, v, segment_ids
+        )
+        return jnp.sum(out.astype(jnp.float32))
+
+    return jax.grad(loss, argnums=(0, 1, 2))
+
+
 def build(mesh: Mesh, shape: AttentionShape):
     """Returns (grad of sum(attention) wrt q, k, v; abstract q, k, v, segment_ids)."""
     spec = P(None, "sp")
@@ -28,13 +41,9 @@ def build(mesh: Mesh, shape: AttentionShape):
             q, k, v, segment_ids=segment_ids, q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, axis_name="sp"
         )
 
-    def loss(q, k, v, segment_ids):
-        out = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4, out_specs=spec)(q, k, v, segment_ids)
-        return jnp.sum(out.astype(jnp.float32))
-
     segment_ids = jax.ShapeDtypeStruct((shape.batch, shape.seq), jnp.int32, sharding=NamedSharding(mesh, spec))
     arguments = [*sequence_sharded_inputs(mesh, shape, shape.kv_heads), segment_ids]
-    return jax.grad(loss, argnums=(0, 1, 2)), arguments
+    return qkv_gradient(local, mesh, spec), arguments
 
 
 PROGRAM = register(

@@ -16,7 +16,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hloscope.programs._registry import AttentionShape, Program, register
-from hloscope.programs.attention import sequence_sharded_inputs
+from hloscope.programs.attention import qkv_gradient, sequence_sharded_inputs
 
 
 def paper_ring_attention(q, k, v, segment_ids, *, q_chunk: int, kv_chunk: int, axis_name: str):
@@ -86,18 +86,13 @@ def paper_ring_attention(q, k, v, segment_ids, *, q_chunk: int, kv_chunk: int, a
 
 def build(mesh: Mesh, shape: AttentionShape):
     """Returns (grad of sum(attention) wrt q, k, v by autodiff; abstract q, k, v, full segment_ids)."""
-    spec = P(None, "sp")
 
     def local(q, k, v, segment_ids):
         return paper_ring_attention(q, k, v, segment_ids, q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, axis_name="sp")
 
-    def loss(q, k, v, segment_ids):
-        out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()), out_specs=spec)(q, k, v, segment_ids)
-        return jnp.sum(out.astype(jnp.float32))
-
     replicated = jax.ShapeDtypeStruct((shape.batch, shape.seq), jnp.int32, sharding=NamedSharding(mesh, P()))
     arguments = [*sequence_sharded_inputs(mesh, shape, shape.q_heads), replicated]
-    return jax.grad(loss, argnums=(0, 1, 2)), arguments
+    return qkv_gradient(local, mesh, P()), arguments
 
 
 PROGRAM = register(
