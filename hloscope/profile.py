@@ -76,6 +76,9 @@ def analyse(
             "xla_total": trace.xla_total,
             "live_peak": trace.live_peak,
             "prealloc_accumulated": accumulated[-1] if accumulated else 0,
+            # Straight from XLA's buffer-assignment dump, where the compile wrote one.
+            "buffer_assignment_temp": trace.buffer_assignment_temp,
+            "buffer_assignment_total": trace.buffer_assignment_total,
         },
         "figure_sources": dict(trace.sources),
         "live_at_peak": [

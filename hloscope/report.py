@@ -49,8 +49,9 @@ def print_profile(profile: dict[str, Any], *, top: int = 5, console: Console | N
     figures = Table(title="Per-device memory")
     for column in ("figure", "bytes", "source"):
         figures.add_column(column)
-    for name in FIGURES:
-        figures.add_row(name, human_bytes(profile["figures"][name]), profile["figure_sources"].get(name, "-"))
+    for name in (*FIGURES, "buffer_assignment_temp", "buffer_assignment_total"):
+        if profile["figures"].get(name) is not None or name in FIGURES:
+            figures.add_row(name, human_bytes(profile["figures"].get(name)), profile["figure_sources"].get(name, "-"))
     target = profile.get("target") or {}
     if target.get("memory_bytes"):
         figures.add_row("device budget", human_bytes(target["memory_bytes"]), target["device_kind"])
