@@ -15,7 +15,7 @@ from hloscope.findings import find_offenders
 from hloscope.hlo import HloModule, parse_module
 from hloscope.programs import AttentionShape, get_program
 from hloscope.targets import Target, get_target
-from hloscope.trace import trace_module
+from hloscope.trace import Trace, trace_module
 from hloscope.versions import toolchain_versions
 
 SCHEMA = "hloscope.profile/1"
@@ -36,24 +36,19 @@ def _downsample(curve: list[int], points: int = CURVE_POINTS) -> list[list[int]]
     return [[i, curve[i]] for i in picks]
 
 
-def _top_buffers(module: HloModule, count: int) -> list[dict[str, Any]]:
-    """Returns the `count` largest array outputs of the module, largest first.
-
-    Tuples are left out: a loop's state tuple only groups buffers that are listed on their own.
-    """
-    arrays = (inst for inst in module.instructions() if not inst.shape.is_tuple)
-    sized = sorted(arrays, key=lambda inst: inst.shape.nbytes(), reverse=True)[:count]
+def _top_buffers(trace: Trace, count: int) -> list[dict[str, Any]]:
+    """Returns the `count` instructions that allocate the most (as prealloc_accumulated counts them)."""
     return [
         {
             "instruction": inst.name,
             "computation": inst.computation,
             "opcode": inst.opcode,
             "shape": str(inst.shape),
-            "bytes": inst.shape.nbytes(),
+            "bytes": size,
             "op_name": inst.op_name,
             "source": f"{inst.source_file}:{inst.source_line}" if inst.source_file else None,
         }
-        for inst in sized
+        for inst, size in trace.largest_allocators(count)
     ]
 
 
@@ -87,7 +82,7 @@ def analyse(
         ],
         "curve": {"prealloc_accumulated": _downsample(accumulated), "instructions": len(accumulated)},
         "findings": [finding.to_dict() for finding in findings],
-        "top_buffers": _top_buffers(module, TOP_BUFFERS),
+        "top_buffers": _top_buffers(trace, TOP_BUFFERS),
         "memory_analysis": memory,
     }
 
