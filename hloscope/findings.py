@@ -51,6 +51,7 @@ class Finding:
     context: str | None = None
     cause: str = ""
     remedy: str = ""
+    origin: str | None = None  # where a loop-invariant stacked value was made, e.g. an entry argument
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every field."""
@@ -166,6 +167,37 @@ class _Flow:
         self.memo[key] = result
         return result
 
+    def origin(self, val: Val, loop: Instruction, depth: int = 0) -> Instruction | None:
+        """The instruction outside `loop` that an invariant `val` comes from (the same paths as
+        `invariant`, following the operand of the same dtype), or None if none is found."""
+        inst, idx, stack = val
+        if loop not in stack:
+            # Outside the loops: follow aliases and call boundaries out to where it was made.
+            return self.source(val, _ALIAS | {"convert", "broadcast", "broadcast_in_dim"}, enter=False)[0]
+        if depth > _MAX_DEPTH:
+            return None
+        carried = self.carried(val)
+        if carried is not None:
+            w, k = carried
+            return self.origin(self.init(w, k, stack[:stack.index(w.instruction)]), loop, depth + 1)
+        if inst.opcode == "while" and idx and id(inst) in self.loops:
+            return self.origin(self.init(self.loops[id(inst)], idx[0], stack), loop, depth + 1)
+        if inst.opcode in ("conditional", "case", "if"):
+            branches = (self.output(c, idx, stack + (inst,)) for c in inst.called_computations
+                        if c in self.m.computations)
+            return next((o for o in (self.origin(b, loop, depth + 1) for b in branches)
+                         if o is not None and o.opcode != "constant"), None)
+        nxt = self.step(val, frozenset({"get-tuple-element", "tuple"}))
+        if nxt is not None:
+            return self.origin(nxt, loop, depth + 1)
+        for k in range(len(inst.operands)):
+            operand = self.operand(inst, k, stack)
+            if operand[0].shape.dtype == inst.shape.dtype and operand[0].opcode != "constant":
+                found = self.origin(operand, loop, depth + 1)
+                if found is not None:
+                    return found
+        return None
+
     def _invariant(self, val: Val, loop: Instruction, depth: int) -> bool:
         inst, idx, stack = val
         op = inst.opcode
@@ -233,9 +265,10 @@ def _stacking(flow: _Flow, site: Instruction, stack: Stack, ref: Instruction | N
         out = flow.source(flow.output(inner_loop.body, (src[1][0],), src[2] + (src[0],)), _ALIAS)
         deeper = _stacking(flow, out[0], out[2], ref, depth + 1)
         if deeper is not None:
-            return loops + deeper[0], deeper[1], init_val[0], dim
-        return loops, None, init_val[0], dim
-    return loops, flow.invariant(update, ref), init_val[0], dim
+            return loops + deeper[0], deeper[1], init_val[0], dim, deeper[4]
+        return loops, None, init_val[0], dim, None
+    invariant = flow.invariant(update, ref)
+    return loops, invariant, init_val[0], dim, flow.origin(update, ref) if invariant else None
 
 
 def _context(chain: list[Instruction]) -> str | None:
@@ -263,7 +296,7 @@ def _where(chain: list[Instruction]) -> tuple[str | None, str | None]:
 
 
 def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Finding:
-    loops, invariant, _, dim = result
+    loops, invariant, _, dim, origin = result
     dus = dus_of(flow.m, site)[0]
     dims = list(dus.shape.dims)
     taken, at = [dim], dim
@@ -282,8 +315,9 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
     dtype = site.shape.dtype
     what = f"{dtype}[{','.join(map(str, slice_dims))}]"
     counts = " x ".join(map(str, loops))
-    subject = (f"a loop-invariant {what} value (the same in every iteration: captured by the loop body "
-               "or carried through it unchanged)" if invariant else f"a {what} value")
+    made = _describe_origin(origin)
+    subject = (f"a loop-invariant {what} value{made} (the same in every iteration: captured by the loop "
+               "body or carried through it unchanged)" if invariant else f"a {what} value")
     why = {"forward": "autodiff of a scan saves a residual per iteration for the backward pass",
            "backward": "the backward loop stacks a result per iteration",
            None: "the loop stacks one slice per iteration"}[context]
@@ -301,7 +335,21 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
         remedy = ("use fewer, larger iterations or a smaller per-iteration output to shrink the "
                   "stacked buffer.")
     return Finding("loop_stacked_residual", site.name, site.computation, site.opcode, str(site.shape),
-                   dtype, site.shape.nbytes(), op_name, source, loops, invariant, context, cause, remedy)
+                   dtype, site.shape.nbytes(), op_name, source, loops, invariant, context, cause, remedy,
+                   made.removeprefix(", ") or None)
+
+
+def _describe_origin(origin: Instruction | None) -> str:
+    """', the entry argument 3 (segment_ids)'-style words for where a value was made, or ''."""
+    if origin is None:
+        return ""
+    if origin.opcode == "parameter":
+        number = origin.attributes.get("parameter_number")
+        label = f"argument {number}" if number is not None else "an argument"
+        name = origin.op_name or origin.name
+        return f", {label} {name!r} of {origin.computation}"
+    where = f" at {origin.source_file}:{origin.source_line}" if origin.source_file else ""
+    return f", made by {origin.opcode} {origin.name!r}{where} before the loops"
 
 
 _LAZY_BEFORE_FUSION = frozenset({"broadcast_in_dim", "broadcast", "iota"})

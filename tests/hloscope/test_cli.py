@@ -54,6 +54,7 @@ def test_paper_attention_top_finding_is_the_stacked_segment_ids(tmp_path, target
         assert tuple(finding["loops"]) == loops
         assert finding["bytes"] == 8 * loops[1] * loops[2] * 4096 * 4
         assert finding["loop_invariant"] is True
+        assert "'segment_ids'" in finding["origin"] and "'segment_ids'" in finding["cause"]
 
     html = tmp_path / "diff.html"
     result = _run("diff", str(tmp_path / "paper_64.json"), str(tmp_path / "paper_128.json"), "--html", str(html))
