@@ -28,6 +28,8 @@ _CONTINUATION = re.compile(r"([A-Za-z_]\w*)\s*((?:\(.*\))?)\s*\{$")
 _ALIAS_DEF = re.compile(r"(#[\w.$\-]+)\s*=\s*(.*)$")
 _MODULE_OP = re.compile(r'[A-Za-z_][\w$]*\.[\w$.]+\s|"[\w$.]+"')
 _SYMBOL_LIST = re.compile(r'@([\w$.\-]+|"[^"]*")')
+
+
 def parse_stablehlo(text: str) -> HloModule:
     """Parses StableHLO/MHLO MLIR text into an HloModule (dialect 'stablehlo')."""
     return _MlirParser(text).parse()
