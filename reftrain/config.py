@@ -1,0 +1,145 @@
+"""Model configurations: typed, frozen dataclasses with named presets.
+
+A `ModelConfig` holds the architecture (what a checkpoint must match) and how it runs (RoPE
+precision and theta, chunk sizes, remat policy, dtypes), because a phase or a plan changes
+only the latter: `dataclasses.replace(config, rope_theta=75e6, q_chunk=2048)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+REMAT_POLICIES = ("full", "save_dots", "none")
+ATTENTION_IMPLS = ("auto", "dense", "blockwise")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class YarnConfig:
+    """YaRN context extension as UltraLong uses it (Peng et al. 2023; Xu et al. 2025).
+
+    `factor` is s = target length / `original_length`. A RoPE pair that turns fewer than
+    `alpha` times over the original context is interpolated (frequency / s), one that turns
+    more than `beta` times is kept, and the ramp between is linear. Attention logits are
+    sharpened by mscale**2 with mscale = 0.1 ln(s) + 1 (applied to cos and sin).
+    """
+
+    factor: float
+    original_length: int = 32_768
+    alpha: float = 1.0
+    beta: float = 4.0
+
+    def __post_init__(self):
+        if not self.factor >= 1.0:
+            raise ValueError(f"yarn factor must be >= 1, got {self.factor}")
+        if not 0 < self.alpha < self.beta:
+            raise ValueError(f"yarn needs 0 < alpha < beta, got alpha={self.alpha} beta={self.beta}")
+
+    @property
+    def mscale(self) -> float:
+        return 0.1 * math.log(self.factor) + 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Mistral-architecture decoder and how it runs.
+
+    Shapes: D = hidden_size, Hq = num_q_heads, Hkv = num_kv_heads, Dh = head_dim,
+    F = intermediate_size, V = vocab_size, L = num_layers.
+    """
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    # RoPE: theta is per phase; angles are float32 unless rope_dtype reproduces the paper's bug.
+    rope_theta: float = 1e6
+    rope_dtype: str = "float32"
+    yarn: YarnConfig | None = None
+    # Execution: what a phase or a plan file sets.
+    param_dtype: str = "float32"
+    compute_dtype: str = "bfloat16"
+    remat_policy: str = "full"
+    attention_impl: str = "auto"
+    q_chunk: int = 2048
+    kv_chunk: int = 4096
+    loss_chunk: int = 2048
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        if self.num_q_heads % self.num_kv_heads:
+            raise ValueError(f"num_q_heads {self.num_q_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        for name, allowed in (
+            ("rope_dtype", DTYPES),
+            ("param_dtype", DTYPES),
+            ("compute_dtype", DTYPES),
+            ("remat_policy", REMAT_POLICIES),
+            ("attention_impl", ATTENTION_IMPLS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("q_chunk", "kv_chunk", "loss_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        values = dict(values)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        if values.get("yarn") is not None:
+            values["yarn"] = YarnConfig(**values["yarn"])
+        return cls(**values)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Mistral-7B-Instruct-v0.2, MegaBeam's base: theta 1e6, no sliding window.
+    "mistral-7b": ModelConfig(
+        name="mistral-7b",
+        vocab_size=32_000,
+        hidden_size=4096,
+        num_layers=32,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=14_336,
+    ),
+    # Mistral-shaped (GQA 4:1, real vocabulary) and small enough to train on 2 CPU cores.
+    "tiny": ModelConfig(
+        name="tiny",
+        vocab_size=32_000,
+        hidden_size=256,
+        num_layers=2,
+        num_q_heads=8,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=704,
+        q_chunk=256,
+        kv_chunk=256,
+        loss_chunk=256,
+    ),
+}
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    """Returns preset `name` with `overrides` applied; raises KeyError naming the presets."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

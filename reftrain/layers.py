@@ -1,0 +1,140 @@
+"""Flax modules of the Mistral decoder: RMSNorm, GQA attention with RoPE, gated MLP, a layer.
+
+Shapes: B batch, T length, D hidden, Hq/Hkv heads, Dh head_dim, F intermediate size.
+Parameters are stored in `param_dtype` and used in `compute_dtype`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from reftrain.attention import blockwise_attention, dense_attention, ring_attention
+from reftrain.config import ModelConfig
+from reftrain.rope import apply_rope
+from reftrain.sharding import activation_spec, heads_spec
+
+
+def _dtypes(config: ModelConfig) -> dict[str, Any]:
+    return {"dtype": jnp.dtype(config.compute_dtype), "param_dtype": jnp.dtype(config.param_dtype)}
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale, with the statistics in float32 (as Hugging Face Mistral)."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return x32.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def _local_chunk(chunk: int, length: int) -> int:
+    """The configured chunk, clipped to the local length (which it must then divide)."""
+    chunk = min(chunk, length)
+    if length % chunk:
+        raise ValueError(f"chunk size {chunk} does not divide the local sequence length {length}")
+    return chunk
+
+
+def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.Array:
+    """Causal GQA attention `[B, T, Hq, Dh]` of RoPE'd q, k, v, chosen by mesh and config.
+
+    Without a mesh: dense (the reference) unless `attention_impl="blockwise"`. With a mesh:
+    a shard_map over (batch, sequence, heads); ring attention over `sp` when it is larger
+    than 1, blockwise attention otherwise (or dense if `attention_impl="dense"`).
+    """
+    impl = config.attention_impl
+    if mesh is None:
+        if impl == "blockwise":
+            chunks = (_local_chunk(config.q_chunk, q.shape[1]), _local_chunk(config.kv_chunk, q.shape[1]))
+            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=chunks[0], kv_chunk=chunks[1])
+        return dense_attention(q, k, v, segment_ids=segment_ids)
+
+    sp = mesh.shape["sp"]
+    local_len = q.shape[1] // sp
+    if q.shape[1] % sp:
+        raise ValueError(f"sequence length {q.shape[1]} is not divisible by sp={sp}")
+    q_chunk, kv_chunk = _local_chunk(config.q_chunk, local_len), _local_chunk(config.kv_chunk, local_len)
+
+    def local(q, k, v, segment_ids):
+        if impl == "dense" and sp == 1:
+            return dense_attention(q, k, v, segment_ids=segment_ids)
+        if sp == 1:
+            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk)
+        return ring_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp")
+
+    spec = heads_spec()
+    segment_spec = jax.sharding.PartitionSpec(spec[0], spec[1])
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, segment_spec), out_specs=spec)(
+        q, k, v, segment_ids
+    )
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with half-split RoPE; q/k/v kernels `[D, H, Dh]`."""
+
+    config: ModelConfig
+    mesh: Mesh | None
+
+    @nn.compact
+    def __call__(self, x, cos, sin, segment_ids):
+        c = self.config
+        init = nn.initializers.normal(c.initializer_range)
+
+        def proj(name, heads):
+            return nn.DenseGeneral((heads, c.head_dim), use_bias=False, kernel_init=init, name=name, **_dtypes(c))(x)
+
+        q = apply_rope(proj("q", c.num_q_heads), cos, sin)
+        k = apply_rope(proj("k", c.num_kv_heads), cos, sin)
+        v = proj("v", c.num_kv_heads)
+        out = attend(c, self.mesh, q, k, v, segment_ids)
+        return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, kernel_init=init, name="o", **_dtypes(c))(
+            out.astype(x.dtype)
+        )
+
+
+class MLP(nn.Module):
+    """SiLU-gated MLP: down(silu(gate(x)) * up(x)); kernels `[D, F]`, `[D, F]`, `[F, D]`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        init = nn.initializers.normal(c.initializer_range)
+        gate = nn.Dense(c.intermediate_size, use_bias=False, kernel_init=init, name="gate", **_dtypes(c))(x)
+        up = nn.Dense(c.intermediate_size, use_bias=False, kernel_init=init, name="up", **_dtypes(c))(x)
+        return nn.Dense(c.hidden_size, use_bias=False, kernel_init=init, name="down", **_dtypes(c))(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x)). Scan-compatible."""
+
+    config: ModelConfig
+    mesh: Mesh | None
+
+    @nn.compact
+    def __call__(self, x, cos, sin, segment_ids):
+        c = self.config
+        norm = {"eps": c.rms_norm_eps, **_dtypes(c)}
+        x = x + Attention(c, self.mesh, name="attn")(RMSNorm(name="attn_norm", **norm)(x), cos, sin, segment_ids)
+        x = x + MLP(c, name="mlp")(RMSNorm(name="mlp_norm", **norm)(x))
+        x = constrain(x, self.mesh)
+        return x, None
+
+
+def constrain(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """Pins hidden states `[B, T, D]` to batch over (dp, fsdp) and sequence over sp."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, activation_spec()))
