@@ -26,7 +26,7 @@ from reftrain.config import ModelConfig
 from reftrain.layers import DecoderLayer, RMSNorm, constrain
 from reftrain.loss import cross_entropy_sums
 from reftrain.rope import rope_tables
-from reftrain.sharding import batch_spec, check_divisible, param_shardings
+from reftrain.sharding import ParamReport, batch_spec, check_divisible, param_report, param_shardings
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -103,6 +103,11 @@ def init_params(config: ModelConfig, rng: jax.Array, *, mesh: Mesh | None = None
 def abstract_params(config: ModelConfig) -> dict[str, Any]:
     """Returns the parameter tree as ShapeDtypeStructs, allocating nothing."""
     return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def parameter_report(config: ModelConfig, mesh: Mesh) -> ParamReport:
+    """Returns parameter count and bytes (total, per device) of `config` sharded over `mesh`."""
+    return param_report(abstract_params(config), mesh)
 
 
 def lm_head_kernel(config: ModelConfig, params) -> jax.Array:

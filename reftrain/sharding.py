@@ -114,6 +114,13 @@ class ParamReport:
     bytes_per_device: int
     replicated_leaves: tuple[str, ...]
 
+    def __str__(self) -> str:
+        text = (
+            f"{self.count:,} parameters, {self.bytes_total / 1e9:.2f} GB in total, "
+            f"{self.bytes_per_device / 1e9:.2f} GB per device"
+        )
+        return text + (f" (replicated matrices: {', '.join(self.replicated_leaves)})" if self.replicated_leaves else "")
+
 
 def param_report(params, mesh: Mesh) -> ParamReport:
     """Counts parameters of `params` (arrays or ShapeDtypeStructs) and their bytes per device."""
