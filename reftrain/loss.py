@@ -14,6 +14,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from reftrain.layers import fit_chunk
 from reftrain.sharding import BATCH, activation_spec, batch_spec
 
 
@@ -41,8 +42,7 @@ def _chunk_nll(hidden, kernel, targets, vocab_axis):
 def _local_loss(hidden, kernel, targets, mask, chunk: int, vocab_axis):
     """Returns (sum of masked nll, sum of mask) over one device's tokens, in float32."""
     b, length, d = hidden.shape
-    if length % chunk:
-        raise ValueError(f"loss_chunk {chunk} does not divide the local sequence length {length}")
+    chunk = fit_chunk(chunk, length)
     n = length // chunk
 
     def split(x):
@@ -73,16 +73,15 @@ def cross_entropy_sums(
     """Returns (sum of nll over masked tokens, number of masked tokens), float32 scalars.
 
     hidden `[B, T, D]` (final-normed), kernel `[D, V]` (lm_head), targets int32 `[B, T]`,
-    mask `[B, T]` (1 where the token's next-token prediction counts). `chunk` is clipped to
-    the local length, which it must divide.
+    mask `[B, T]` (1 where the token's next-token prediction counts). The chunk used is the
+    largest divisor of the local length not above `chunk`.
     """
     if mesh is None:
-        return _local_loss(hidden, kernel, targets, mask, min(chunk, hidden.shape[1]), None)
-    local_len = hidden.shape[1] // mesh.shape["sp"]
+        return _local_loss(hidden, kernel, targets, mask, chunk, None)
     tp = "tp" if kernel.shape[1] % mesh.shape["tp"] == 0 and mesh.shape["tp"] > 1 else None
 
     def local(hidden, kernel, targets, mask):
-        total, count = _local_loss(hidden, kernel, targets, mask, min(chunk, local_len), tp)
+        total, count = _local_loss(hidden, kernel, targets, mask, chunk, tp)
         token_axes = (*BATCH, "sp")
         return lax.psum(total, token_axes), lax.psum(count, token_axes)
 

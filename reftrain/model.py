@@ -87,13 +87,15 @@ def _inputs(tokens, positions, segment_ids):
     return tokens, jnp.asarray(positions, jnp.int32), jnp.asarray(segment_ids, jnp.int32)
 
 
+def param_initializer(config: ModelConfig):
+    """Returns `rng -> params`: the random initialisation, to be traced under jit."""
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    return lambda rng: Mistral(config).init(rng, *_inputs(tokens, None, None))["params"]
+
+
 def init_params(config: ModelConfig, rng: jax.Array, *, mesh: Mesh | None = None) -> dict[str, Any]:
     """Returns freshly initialised parameters; with a mesh, created already sharded."""
-    tokens = jnp.zeros((1, 8), jnp.int32)
-
-    def init(rng):
-        return Mistral(config).init(rng, *_inputs(tokens, None, None))["params"]
-
+    init = param_initializer(config)
     if mesh is None:
         return jax.jit(init)(rng)
     shardings = param_shardings(jax.eval_shape(init, rng), mesh)

@@ -1,0 +1,120 @@
+"""MegaBeam's four training phases as data (paper section 3), per model preset.
+
+A phase is a RoPE setting, a list of stages (sequence length x token or sequence budget) and an
+optimiser schedule. `mistral-7b` carries the paper's numbers; `tiny` scales sequence lengths by
+1/512 (rounded to a multiple of 128, so sp=8 x 16-token chunks divide them) and token budgets
+by the per-phase factor in `TINY_BUDGET_SCALE`, so that each phase runs in minutes on 2 CPU
+cores with 8 virtual devices and ring attention over sp=8.
+
+The paper gives no learning rates; ours are stated assumptions (`docs/training.md`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+K = 1024  # "300K" is 307,200 tokens, as the paper's 512K is 524,288.
+
+
+@dataclass(frozen=True)
+class Stage:
+    """`sequences` sequences of `seq_len` tokens, `batch_size` per micro-batch, in order."""
+
+    seq_len: int
+    sequences: int
+    batch_size: int = 1
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.sequences
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: RoPE, data and optimiser settings. Lengths in tokens."""
+
+    number: int
+    name: str
+    rope_theta: float
+    rope_dtype: str
+    stages: tuple[Stage, ...]
+    data: str  # "pretrain" (packed long documents, 70/10/15/5) or "sft" (synthetic long QA)
+    learning_rate: float
+    warmup_steps: int
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    note: str = ""
+    paper: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def tokens(self) -> int:
+        return sum(stage.tokens for stage in self.stages)
+
+    def steps(self) -> int:
+        """Optimizer steps: each stage's sequences in batches of batch_size x grad_accum."""
+        return sum(-(-stage.sequences // (stage.batch_size * self.grad_accum)) for stage in self.stages)
+
+    def replace(self, **changes) -> Phase:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _by_tokens(seq_len: int, tokens: float) -> Stage:
+    return Stage(seq_len, max(1, round(tokens / seq_len)))
+
+
+_PAPER = {
+    1: dict(tokens="1.2B", stages="0.64B as 300K-token and 0.56B as 600K-token sequences", theta=25_000_000),
+    2: dict(tokens="0.18B at 600K then 0.26B at 32K-80K", theta=75_000_000, why="depth 0 and 100 NIAH failures"),
+    3: dict(stages="1,200 x 80K + 300 x 256K + 30 x 512K", rope="float32 (the bf16 RoPE bug fixed)", theta=75_000_000),
+    4: dict(tokens="22M", documents="synthetic 64K-512K", loss="answers only"),
+}
+
+MISTRAL_7B: tuple[Phase, ...] = (
+    Phase(1, "long-context pretraining", 25e6, "float32", (_by_tokens(300 * K, 0.64e9), _by_tokens(600 * K, 0.56e9)),
+          "pretrain", 1e-5, 50, paper=_PAPER[1],
+          note="The paper's phases 1-2 ran with bf16 RoPE by accident; set rope_dtype=bfloat16 to reproduce."),
+    Phase(2, "theta 75M, then short sequences", 75e6, "float32",
+          (_by_tokens(600 * K, 0.18e9), _by_tokens(32 * K, 0.13e9), _by_tokens(80 * K, 0.13e9)),
+          "pretrain", 1e-5, 20, paper=_PAPER[2],
+          note="0.26B tokens at 32K-80K split evenly between 32K and 80K sequences."),
+    Phase(3, "float32 RoPE, balanced lengths", 75e6, "float32",
+          (Stage(80 * K, 1200), Stage(256 * K, 300), Stage(512 * K, 30)), "pretrain", 1e-5, 20, paper=_PAPER[3]),
+    Phase(4, "long-context SFT", 75e6, "float32",
+          (_by_tokens(64 * K, 5.5e6), _by_tokens(128 * K, 5.5e6), _by_tokens(256 * K, 5.5e6), _by_tokens(512 * K, 5.5e6)),
+          "sft", 5e-6, 10, paper=_PAPER[4], note="22M tokens spread evenly over 64K, 128K, 256K and 512K documents."),
+)
+
+#: Token budget of each tiny phase relative to the paper's, and the length scale.
+TINY_LENGTH_SCALE = 1 / 512
+TINY_BUDGET_SCALE = {1: 1 / 20_000, 2: 1 / 20_000, 3: 1 / 4_000, 4: 1 / 2_000}
+
+
+def _tiny_length(seq_len: int) -> int:
+    return max(128, round(seq_len * TINY_LENGTH_SCALE / 128) * 128)
+
+
+def _tiny(phase: Phase) -> Phase:
+    scale = TINY_BUDGET_SCALE[phase.number]
+    stages = []
+    for stage in phase.stages:
+        seq_len = _tiny_length(stage.seq_len)
+        # About 1,024 tokens per micro-batch whatever the length: short stages batch rows.
+        stages.append(Stage(seq_len, max(1, round(stage.tokens * scale / seq_len)), max(1, 1024 // seq_len)))
+    return phase.replace(stages=tuple(stages), learning_rate=3e-3 if phase.number == 1 else 1e-3, warmup_steps=3)
+
+
+PHASES: dict[str, tuple[Phase, ...]] = {"mistral-7b": MISTRAL_7B, "tiny": tuple(_tiny(p) for p in MISTRAL_7B)}
+
+
+def get_phase(preset: str, number: int) -> Phase:
+    """Returns phase `number` (1-4) of `preset`; raises KeyError with the choices."""
+    if preset not in PHASES:
+        raise KeyError(f"no phases for preset {preset!r}; known: {', '.join(sorted(PHASES))}")
+    if number not in range(1, len(PHASES[preset]) + 1):
+        raise KeyError(f"phase must be 1-{len(PHASES[preset])}, got {number}")
+    return PHASES[preset][number - 1]

@@ -1,0 +1,103 @@
+"""The plan file: chunk sizes, mesh and remat policy chosen for a model, length and machine.
+
+hloscope's search writes it (schema below, also in docs/plan.md); reftrain reads it with
+`load_plan`, or uses `default_plan` for a preset, through the same `apply_plan` path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reftrain.config import ModelConfig
+
+SCHEMA = "hloscope.plan/1"
+MESH_AXES = ("dp", "fsdp", "tp", "sp")
+
+
+class PlanError(ValueError):
+    """A plan that cannot be used here; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: model preset, sequence length, mesh, chunks, remat, and what was predicted."""
+
+    model: str
+    seq_len: int
+    mesh: dict[str, int]
+    q_chunk: int
+    kv_chunk: int
+    remat_policy: str
+    target: dict[str, Any] = field(default_factory=dict)  # device kind, count, memory budget
+    predicted: dict[str, Any] = field(default_factory=dict)  # figure name -> bytes per device
+    versions: dict[str, str] = field(default_factory=dict)
+    schema: str = SCHEMA
+    source: str = "default"
+
+    @property
+    def devices(self) -> int:
+        return math.prod(self.mesh.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_plan(config: ModelConfig, seq_len: int, devices: int) -> Plan:
+    """The plan used without `--plan`: all devices on sp (the paper: SP over TP for long
+    sequences), the preset's chunks clipped to the local length, full remat."""
+    local = seq_len // devices
+    return Plan(
+        model=config.name,
+        seq_len=seq_len,
+        mesh={"dp": 1, "fsdp": 1, "tp": 1, "sp": devices},
+        q_chunk=min(config.q_chunk, local),
+        kv_chunk=min(config.kv_chunk, local),
+        remat_policy=config.remat_policy,
+    )
+
+
+def plan_from_dict(raw: dict[str, Any]) -> Plan:
+    if not isinstance(raw, dict):
+        raise PlanError("plan file must hold a JSON object")
+    if raw.get("schema") != SCHEMA:
+        raise PlanError(f"unknown plan schema {raw.get('schema')!r}; this reftrain reads {SCHEMA!r}")
+    try:
+        plan = Plan(**{key: raw[key] for key in raw if key in Plan.__dataclass_fields__})
+    except TypeError as e:
+        raise PlanError(f"plan file is missing fields: {e}") from None
+    if set(plan.mesh) != set(MESH_AXES) or not all(isinstance(v, int) and v >= 1 for v in plan.mesh.values()):
+        raise PlanError(f"plan mesh must give positive integer sizes for {', '.join(MESH_AXES)}, got {plan.mesh}")
+    return plan
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Reads a plan file; raises PlanError with one line on anything unusable."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PlanError(f"plan file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise PlanError(f"plan file {path} is not JSON: {e}") from None
+    return plan_from_dict(raw)
+
+
+def apply_plan(plan: Plan, config: ModelConfig, available_devices: int) -> ModelConfig:
+    """Returns `config` with the plan's chunks and remat; refuses a plan for another model or
+    a mesh this machine cannot build."""
+    if plan.model != config.name:
+        raise PlanError(f"plan was made for model {plan.model!r}, this run trains {config.name!r}")
+    if plan.devices > available_devices:
+        raise PlanError(f"plan mesh {plan.mesh} needs {plan.devices} devices, this machine has {available_devices}")
+    return config.replace(q_chunk=plan.q_chunk, kv_chunk=plan.kv_chunk, remat_policy=plan.remat_policy)
+
+
+def write_plan(plan: Plan, path: str | Path) -> None:
+    """Writes the plan atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
