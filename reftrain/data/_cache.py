@@ -1,0 +1,72 @@
+"""On-disk cache: where it lives, content hashes, and atomic writes.
+
+Everything the data path derives (the fetched tokenizer, the Shakespeare texts, tokenized
+corpora) lives under one directory: `$REFTRAIN_CACHE` if set, else
+`$XDG_CACHE_HOME/reftrain`, else `~/.cache/reftrain`. Every write goes to a temporary
+sibling first and is renamed into place, so a reader never sees half a file and two
+processes filling the same entry at once both end with a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A user-facing data-path error: the CLI prints its message on one line and exits 2."""
+
+
+def cache_dir() -> Path:
+    """Returns the cache root (created if missing)."""
+    root = os.environ.get("REFTRAIN_CACHE")
+    if root:
+        path = Path(root).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        path = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "reftrain"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file in the same directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def publish_dir(tmp_dir: Path, final: Path) -> None:
+    """Moves a fully written `tmp_dir` to `final`; if another process won the race, keeps theirs."""
+    try:
+        os.rename(tmp_dir, final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def new_tmp_dir(parent: Path, name: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))

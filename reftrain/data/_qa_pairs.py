@@ -1,0 +1,141 @@
+"""Real question-answer pairs with their evidence, from offline material.
+
+- "stdlib-default": facts mined from the standard library's AST. Evidence is a function's
+  real `def` header, question "What is the default value of parameter p of mod.func?".
+- "speaker": Shakespeare's speech blocks (from the books corpus). Evidence is the block,
+  question 'In Hamlet, which character says: "..."?', answer the speaker label as printed.
+- "babi-qa1" .. "babi-qa5": stories of the bAbI world simulation (_babi.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import functools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from reftrain.data._babi import babi_story
+from reftrain.data._builtin import stdlib_dir
+
+QA_KINDS = ("stdlib-default", "speaker", "babi")
+_AST_MODULES = (
+    "argparse ast calendar configparser csv dataclasses datetime difflib email/message "
+    "email/utils ftplib gettext glob gzip heapq http/client http/server imaplib inspect json/"
+    "__init__ json/encoder logging/__init__ logging/handlers mailbox pathlib pickle pprint "
+    "random shutil smtplib socket ssl statistics subprocess tarfile tempfile textwrap "
+    "threading timeit tokenize traceback unittest/case urllib/request uuid warnings zipfile"
+).split()
+
+
+@dataclass(frozen=True)
+class QAPair:
+    """A question, its short answer, and the evidence text from which the answer follows.
+
+    `subject` names what the question is about; a distractor never shares a target's subject.
+    """
+
+    question: str
+    answer: str
+    evidence: str
+    kind: str
+    subject: str
+
+
+def _defaults(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[tuple[str, ast.expr]]:
+    args = fn.args
+    positional = args.posonlyargs + args.args
+    pairs = list(zip([a.arg for a in positional[len(positional) - len(args.defaults):]], args.defaults))
+    pairs += [(a.arg, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+    return pairs
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_default_pairs() -> tuple[QAPair, ...]:
+    """Returns QA pairs about literal parameter defaults of stdlib functions (a few thousand)."""
+    root, pairs, seen = stdlib_dir(), [], set()
+    for rel in _AST_MODULES:
+        path = root / f"{rel}.py"
+        if not path.is_file():
+            continue
+        source = path.read_text(encoding="utf-8", errors="replace")
+        lines = source.splitlines()
+        module = rel.removesuffix("/__init__").replace("/", ".")
+        tree = ast.parse(source)
+        scopes = [(None, tree)] + [(n.name, n) for n in tree.body if isinstance(n, ast.ClassDef)]
+        for cls, scope in scopes:
+            for fn in scope.body:
+                if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or not fn.body:
+                    continue
+                header = "\n".join(lines[fn.lineno - 1 : fn.body[0].lineno - 1]).rstrip()
+                if not header.rstrip().endswith(":") or len(header) > 600:
+                    continue  # a body on the def line, or a huge signature
+                qualname = f"{module}.{cls + '.' if cls else ''}{fn.name}"
+                context = f"In module {module}:\n" + (f"class {cls}:\n" if cls else "")
+                for param, default in _defaults(fn):
+                    if not isinstance(default, ast.Constant) or (qualname, param) in seen:
+                        continue
+                    answer = ast.unparse(default)
+                    if len(answer) > 40 or "\n" in answer:
+                        continue
+                    seen.add((qualname, param))
+                    pairs.append(QAPair(
+                        question=f"What is the default value of parameter {param} of {qualname}?",
+                        answer=answer, evidence=context + header, kind="stdlib-default",
+                        subject=qualname))
+    return tuple(pairs)
+
+
+_SPEAKER = re.compile(r"^[A-Z][A-Za-z'&\- ]{0,24}\.$")
+
+
+@functools.lru_cache(maxsize=1)
+def speaker_pairs() -> tuple[QAPair, ...]:
+    """Returns QA pairs "which character says ...?" from the Shakespeare plays."""
+    from reftrain.data._builtin import _books_files
+
+    root, files = _books_files()
+    meta = configparser.ConfigParser(interpolation=None)
+    meta.read(root / "shkspr" / "metadata.txt")
+    raw, counts = [], {}
+    for f in files:
+        if f.parent.name != "shkspr":
+            continue
+        title = meta.get(f.stem, "title", fallback=f.stem.removesuffix("_gut").replace("_", " ").title())
+        for block in re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace")):
+            lines = [ln.rstrip() for ln in block.strip("\n").splitlines()]
+            if len(lines) < 2 or not _SPEAKER.match(lines[0]) or lines[0].upper() == lines[0]:
+                continue
+            quote = lines[1].strip()
+            if len(quote) < 30 or not quote[0].isalpha():
+                continue
+            raw.append((title, lines[0][:-1], quote, "\n".join(lines)))
+            counts[(title, quote)] = counts.get((title, quote), 0) + 1
+    return tuple(
+        QAPair(question=f'In {title}, which character says: "{quote}"?', answer=speaker,
+               evidence=block, kind="speaker", subject=f"{title}:{quote}")
+        for title, speaker, quote, block in raw if counts[(title, quote)] == 1)
+
+
+def babi_pair(rng: np.random.Generator, task: str | None = None) -> QAPair:
+    """Returns a fresh bAbI story as a QAPair (evidence: its sentences, one per line)."""
+    story = babi_story(rng, task)
+    return QAPair(story.question, story.answer, "\n".join(story.sentences), f"babi-{story.task}",
+                  subject="babi")
+
+
+def draw_pair(rng: np.random.Generator, kind: str) -> QAPair:
+    """Returns one QA pair of `kind` (one of QA_KINDS), drawn with `rng`."""
+    if kind == "babi":
+        return babi_pair(rng)
+    pool = stdlib_default_pairs() if kind == "stdlib-default" else speaker_pairs()
+    return pool[int(rng.integers(len(pool)))]
+
+
+def compatible(target: QAPair, distractor: QAPair) -> bool:
+    """Returns whether `distractor` may sit in a target's context without changing its answer."""
+    if target.kind.startswith("babi"):
+        return not distractor.kind.startswith("babi")  # stories share names and places
+    return distractor.subject != target.subject
