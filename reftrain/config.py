@@ -24,14 +24,23 @@ class YarnConfig:
     `alpha` times over the original context is interpolated (frequency / s), one that turns
     more than `beta` times is kept, and the ramp between is linear. Attention logits are
     sharpened by mscale**2 with mscale = 0.1 ln(s) + 1 (applied to cos and sin).
+
+    `ramp="rotations"` is the paper's ramp, linear in the rotation count r. `ramp="index"` is
+    the YaRN reference code's and Hugging Face's: linear in the pair index between the pairs
+    that turn `beta` and `alpha` times (bounds floored and ceiled when `truncate`); imported
+    checkpoints use it so that they compute what transformers computes.
     """
 
     factor: float
     original_length: int = 32_768
     alpha: float = 1.0
     beta: float = 4.0
+    ramp: str = "rotations"
+    truncate: bool = True
 
     def __post_init__(self):
+        if self.ramp not in ("rotations", "index"):
+            raise ValueError(f"yarn ramp must be 'rotations' or 'index', got {self.ramp!r}")
         if not self.factor >= 1.0:
             raise ValueError(f"yarn factor must be >= 1, got {self.factor}")
         if not 0 < self.alpha < self.beta:

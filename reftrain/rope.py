@@ -34,11 +34,33 @@ def inverse_frequencies(head_dim: int, theta: float, yarn: YarnConfig | None = N
 def yarn_ramp_scale(inv_freq: np.ndarray, yarn: YarnConfig) -> np.ndarray:
     """Returns the per-pair frequency multiplier of YaRN: (1 - g) / s + g.
 
-    g = clip((r - alpha) / (beta - alpha), 0, 1) where r = original_length / wavelength is the
-    number of full rotations pair d makes over the original context.
+    ramp "rotations": g = clip((r - alpha) / (beta - alpha), 0, 1) where r = original_length /
+    wavelength is the number of full rotations pair d makes over the original context.
+    ramp "index": g falls linearly in the pair index d from 1 at the pair that turns `beta`
+    times to 0 at the one that turns `alpha` times (transformers' `_compute_yarn_parameters`).
     """
+    if yarn.ramp == "index":
+        return _index_ramp_scale(len(inv_freq), inv_freq, yarn)
     rotations = yarn.original_length * inv_freq / (2 * math.pi)
     gamma = np.clip((rotations - yarn.alpha) / (yarn.beta - yarn.alpha), 0.0, 1.0)
+    return (1.0 - gamma) / yarn.factor + gamma
+
+
+def _index_ramp_scale(pairs: int, inv_freq: np.ndarray, yarn: YarnConfig) -> np.ndarray:
+    # The pair index d (fractional) at which a pair turns `rotations` times: inv_freq is
+    # theta^(-d/pairs), so d = pairs * log(L / (2 pi rotations)) / log(theta).
+    log_theta = -math.log(float(inv_freq[1])) * pairs if pairs > 1 else 1.0
+
+    def pair_turning(rotations: float) -> float:
+        return pairs * math.log(yarn.original_length / (rotations * 2 * math.pi)) / log_theta
+
+    low, high = pair_turning(yarn.beta), pair_turning(yarn.alpha)
+    if yarn.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, 2 * pairs - 1)
+    if low == high:
+        high += 0.001
+    gamma = 1.0 - np.clip((np.arange(pairs) - low) / (high - low), 0.0, 1.0)
     return (1.0 - gamma) / yarn.factor + gamma
 
 
