@@ -1,0 +1,90 @@
+"""`python -m reftrain.eval niah`: Needle-in-a-Haystack accuracy of a checkpoint (docs/niah.md).
+
+Prints a depth x length accuracy table per RoPE dtype; with --out DIR writes DIR/niah.json
+(settings, model config, per-cell accuracy, every trial's prediction) and DIR/niah.html (a
+plotly heatmap, one panel per RoPE dtype). A user error prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 256,512 --depths 0,50,100 --trials 2 --out niah
+  python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 1024 --compare-rope-dtypes --out niah-bf16
+  python -m reftrain.eval niah --checkpoint ./Mistral-7B-Instruct-v0.2 --lengths 32768 --sp 8 --out niah-7b
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (and exit 2), like every other user error."""
+
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m reftrain.eval", description="Evaluations of reftrain checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("niah", help="needle-in-a-haystack accuracy over context lengths x depths",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="a reftrain phase directory (<run>/phaseN) or a Hugging Face Mistral directory")
+    p.add_argument("--lengths", required=True, type=_int_list, help="prompt lengths in tokens, e.g. 256,512")
+    p.add_argument("--depths", type=_float_list, default=[0.0, 25.0, 50.0, 75.0, 100.0],
+                   help="needle depths in percent, 0 = start, 100 = end (default 0,25,50,75,100)")
+    p.add_argument("--trials", type=int, default=4, help="prompts per cell, different cities and numbers (4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--haystack", default="builtin:books",
+                   help="filler text: builtin:books (Gutenberg Shakespeare, Milton) or a UTF-8 text file")
+    p.add_argument("--tokenizer", help="SentencePiece .model (default: the HF directory's, else Mistral's)")
+    dtypes = p.add_mutually_exclusive_group()
+    dtypes.add_argument("--rope-dtype", choices=("float32", "bfloat16"),
+                        help="override the checkpoint's RoPE dtype (bfloat16 = the paper's failure)")
+    dtypes.add_argument("--compare-rope-dtypes", action="store_true",
+                        help="evaluate with float32 and with bfloat16 RoPE, side by side")
+    p.add_argument("--max-new-tokens", type=int, default=10, help="greedy decoding steps (10)")
+    p.add_argument("--sp", type=int, default=1, help="split the sequence over N devices (ring attention)")
+    p.add_argument("--step", type=int, help="checkpoint step of a phase directory (default: the latest)")
+    p.add_argument("--out", type=Path, help="write niah.json and niah.html into this folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.sp < 1:
+        print(f"error: --sp must be >= 1, got {args.sp}", file=sys.stderr)
+        return 2
+    flags = os.environ.get("XLA_FLAGS", "")
+    if args.sp > 1 and "xla_force_host_platform_device_count" not in flags:
+        # Only the CPU platform reads this: --sp N runs on N virtual devices there.
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.sp}".strip()
+    from reftrain.eval._cli import CLIError, run_cli
+
+    try:
+        return run_cli(args)
+    except CLIError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
