@@ -4,7 +4,7 @@ A phase is a RoPE setting, a list of stages (sequence length x token or sequence
 optimiser schedule. `mistral-7b` carries the paper's numbers; `tiny` scales sequence lengths by
 1/512 (rounded to a multiple of 128, so sp=8 x 16-token chunks divide them) and token budgets
 by the per-phase factor in `TINY_BUDGET_SCALE`, so that each phase runs in minutes on 2 CPU
-cores with 8 virtual devices and ring attention over sp=8.
+cores with 8 virtual devices and ring attention over sp=8 (SFT documents are at least 256).
 
 The paper gives no learning rates; ours are stated assumptions (`docs/training.md`).
 """
@@ -94,15 +94,16 @@ TINY_LENGTH_SCALE = 1 / 512
 TINY_BUDGET_SCALE = {1: 1 / 20_000, 2: 1 / 20_000, 3: 1 / 4_000, 4: 1 / 2_000}
 
 
-def _tiny_length(seq_len: int) -> int:
-    return max(128, round(seq_len * TINY_LENGTH_SCALE / 128) * 128)
+def _tiny_length(seq_len: int, shortest: int) -> int:
+    return max(shortest, round(seq_len * TINY_LENGTH_SCALE / 128) * 128)
 
 
 def _tiny(phase: Phase) -> Phase:
     scale = TINY_BUDGET_SCALE[phase.number]
     stages = []
+    shortest = 256 if phase.data == "sft" else 128  # a QA sample needs ~150 tokens besides its haystack
     for stage in phase.stages:
-        seq_len = _tiny_length(stage.seq_len)
+        seq_len = _tiny_length(stage.seq_len, shortest)
         # About 1,024 tokens per micro-batch whatever the length: short stages batch rows.
         stages.append(Stage(seq_len, max(1, round(stage.tokens * scale / seq_len)), max(1, 1024 // seq_len)))
     return phase.replace(stages=tuple(stages), learning_rate=3e-3 if phase.number == 1 else 1e-3, warmup_steps=3)

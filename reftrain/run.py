@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init-from", help="Hugging Face Mistral directory or orbax checkpoint directory")
     p.add_argument("--data-spec", type=Path, help="data spec file (default: the built-in 70/10/15/5 corpora)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a phase field (learning_rate, warmup_steps, ...) or a model field (rope_theta, rope_dtype, q_chunk, ...)")
+                   help="override a phase field (learning_rate, warmup_steps, stages=LENxCOUNT[xBATCH],...) "
+                   "or a model field (rope_theta, rope_dtype, q_chunk, hidden_size, ...)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (resume continues)")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--save-every", type=int, default=10)
@@ -59,13 +60,28 @@ def _parse_value(current, text: str):
     return text
 
 
+def parse_stages(text: str):
+    """Parses `LENxCOUNT[xBATCH],...` (e.g. `128x8x2,256x4`) into phase stages."""
+    from reftrain.phases import Stage
+
+    stages = []
+    for item in text.split(","):
+        parts = item.lower().split("x")
+        if len(parts) not in (2, 3) or not all(part.isdigit() and int(part) > 0 for part in parts):
+            raise ValueError(f"stages: expected LENxCOUNT[xBATCH] with positive integers, got {item!r}")
+        stages.append(Stage(*map(int, parts)))
+    return tuple(stages)
+
+
 def apply_overrides(phase, config, settings: list[str]):
     """Returns (phase, config) with `KEY=VALUE` settings applied; phase fields win over model fields."""
     for setting in settings:
         key, sep, text = setting.partition("=")
         if not sep:
             raise ValueError(f"--set needs KEY=VALUE, got {setting!r}")
-        if key in ("rope_theta", "rope_dtype"):  # both a phase and a model field: the phase sets the model
+        if key == "stages":
+            phase = phase.replace(stages=parse_stages(text))
+        elif key in ("rope_theta", "rope_dtype"):  # both a phase and a model field: the phase sets the model
             phase = phase.replace(**{key: _parse_value(getattr(phase, key), text)})
         elif key in {f.name for f in dataclasses.fields(phase)} and key not in ("number", "stages", "paper"):
             phase = phase.replace(**{key: _parse_value(getattr(phase, key), text)})

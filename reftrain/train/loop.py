@@ -78,7 +78,8 @@ def _write_json_atomic(path: Path, value: dict) -> None:
 
 
 def _starting_params(run: PhaseRun, abstract):
-    """Params to start a fresh phase from: `--init-from`, the previous phase, or None (random)."""
+    """(source, params) to start a fresh phase from: `--init-from`, the previous phase's final
+    checkpoint, or (None, None) for a random initialisation."""
     source = run.init_from
     if source is None and run.phase.number > 1:
         previous = Path(run.run_dir) / f"phase{run.phase.number - 1}" / "checkpoints"
@@ -89,18 +90,19 @@ def _starting_params(run: PhaseRun, abstract):
             )
         source = str(previous)
     if source is None:
-        return None
+        return None, None
     if (Path(source) / "config.json").exists() and any(Path(source).glob("*.safetensors")):
         from reftrain import hf
 
         _, params = hf.load_checkpoint(source, param_dtype=run.config.param_dtype)
-        return params
+        return source, params
     checkpoints = Checkpoints(Path(source), async_save=False)
-    if checkpoints.latest_step() is None:
+    step = checkpoints.latest_step()
+    if step is None:
         raise TrainingError(f"--init-from {source}: neither a Hugging Face directory nor an orbax checkpoint directory")
     _, state, _ = checkpoints.restore(abstract)
     checkpoints.close()
-    return state["params"]
+    return f"{source}/{step}", state["params"]
 
 
 def train_phase(run: PhaseRun) -> dict[str, Any]:
@@ -115,16 +117,19 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
     checkpoints = Checkpoints(run.phase_dir / "checkpoints", keep=run.keep)
     feed = PhaseFeed(run.phase, run.data_spec, run.mesh, grad_accum=run.grad_accum, seed=run.seed)
     log = metrics_lib.JsonlLog(run.phase_dir / "metrics.jsonl")
-    _write_json_atomic(run.phase_dir / "config.json", run.effective_config())
 
     start = checkpoints.latest_step()
     if start is not None:
         start, state, extra = checkpoints.restore(abstract)
         feed.restore(extra["data"])
         log.truncate_after(start - 1)
+        started_from = f"resumed at step {start}"
     else:
         start = 0
-        state = init_state(run.config, optimizer, run.mesh, jax.random.key(run.seed), _starting_params(run, abstract))
+        source, params = _starting_params(run, abstract)
+        state = init_state(run.config, optimizer, run.mesh, jax.random.key(run.seed), params)
+        started_from = source or "random initialisation"
+    _write_json_atomic(run.phase_dir / "config.json", run.effective_config() | {"started_from": started_from})
 
     step_fn = make_train_step(run.config, optimizer, schedule, run.mesh)
     peak = metrics_lib.peak_flops(run.mesh.devices.flat[0], run.peak_tflops)

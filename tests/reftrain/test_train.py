@@ -1,0 +1,150 @@
+"""`python -m reftrain.run`: phases chain, losses fall, SIGKILL + resume is bit-identical,
+two processes train what one does, bad plans and non-finite losses stop cleanly."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reftrain import run as run_cli
+from reftrain.phases import get_phase
+
+ROOT = Path(__file__).resolve().parents[2]
+# A narrower tiny model (same vocabulary, GQA kept) so each test compiles in seconds.
+SMALL = [f"--set={kv}" for kv in ("hidden_size=64", "intermediate_size=128", "num_q_heads=4", "num_kv_heads=2", "head_dim=16")]
+
+
+def losses(run_dir: Path, phase: int = 1) -> list[float]:
+    lines = (run_dir / f"phase{phase}" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def cli(*args: str, devices: int = 8, extra_env: dict | None = None) -> list[str]:
+    """The command line and environment of a `python -m reftrain.run` subprocess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update(extra_env or {})
+    return [sys.executable, "-m", "reftrain.run", *args, "--no-progress", *SMALL], env
+
+
+def test_phases_chain_with_their_own_settings(tmp_path, capsys):
+    for number in (1, 2, 3, 4):
+        assert run_cli.main(["--phase", str(number), "--run-dir", str(tmp_path), "--max-steps", "1", "--no-progress", *SMALL]) == 0
+    for number in (1, 2, 3, 4):
+        saved = json.loads((tmp_path / f"phase{number}" / "config.json").read_text())
+        spec = get_phase("tiny", number)
+        assert saved["model"]["rope_theta"] == spec.rope_theta == (25e6 if number == 1 else 75e6)
+        assert saved["model"]["rope_dtype"] == spec.rope_dtype == "float32"
+        assert [tuple(s.values()) for s in saved["phase"]["stages"]] == [(s.seq_len, s.sequences, s.batch_size) for s in spec.stages]
+        if number > 1:
+            assert saved["started_from"] == f"{tmp_path / f'phase{number - 1}' / 'checkpoints'}/1"
+        assert len(losses(tmp_path, number)) == 1
+    assert json.loads((tmp_path / "phase4" / "metrics.jsonl").read_text().splitlines()[0])["seq_len"] == 256
+
+
+def test_loss_falls(tmp_path):
+    assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path), "--max-steps", "8", "--no-progress", *SMALL]) == 0
+    history = losses(tmp_path)
+    assert history[-1] < history[0] - 0.1, history
+
+
+def test_a_later_phase_needs_the_previous_one(tmp_path, capsys):
+    assert run_cli.main(["--phase", "2", "--run-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run phase 1 first or pass --init-from" in err
+
+
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        ({"schema": "hloscope.plan/99"}, "unknown plan schema"),
+        ({"schema": "hloscope.plan/1", "model": "mistral-7b", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
+          "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}, "plan was made for model 'mistral-7b'"),
+        ({"schema": "hloscope.plan/1", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 4, "tp": 1, "sp": 8},
+          "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}, "needs 32 devices, this machine has 8"),
+    ],
+)
+def test_bad_plans_are_refused(tmp_path, capsys, plan, message):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path / "run"), "--plan", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_shows_the_plan(tmp_path, capsys):
+    assert run_cli.main(["--phase", "3", "--run-dir", str(tmp_path), "--dry-run", "--set", "q_chunk=32"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["plan"]["mesh"] == {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8} and shown["model"]["q_chunk"] == 32
+    assert shown["model"]["rope_theta"] == 75e6 and shown["steps"] == get_phase("tiny", 3).steps()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    args = ["--phase", "1", "--run-dir", str(tmp_path), "--save-every", "1", "--max-steps", "6", "--no-progress", *SMALL]
+    assert run_cli.main([*args, "--set", "learning_rate=1e30", "--set", "warmup_steps=0", "--set", "grad_clip=1e30"]) == 2
+    err = capsys.readouterr().err
+    assert "is not finite; stopped, last good checkpoint: step" in err
+    good = int(err.split("last good checkpoint: step ")[1].split()[0])
+    assert sorted(int(p.name) for p in (tmp_path / "phase1" / "checkpoints").iterdir() if p.name.isdigit())[-1] == good
+    assert all(loss == loss for loss in losses(tmp_path)), "no NaN is logged"
+
+
+def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
+    steps = ["--phase", "1", "--set", "stages=128x12x1", "--max-steps", "12", "--save-every", "1"]
+    command, env = cli(*steps, "--run-dir", str(tmp_path / "straight"))
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    reference = losses(tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    command, env = cli(*steps, "--run-dir", str(killed))
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = random.Random().randint(2, 9)
+    log = killed / "phase1" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= target:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    checkpoints = killed / "phase1" / "checkpoints"
+    complete = [p for p in checkpoints.iterdir() if p.name.isdigit()]
+    assert complete and all((p / "state").is_dir() and (p / "extra").is_dir() for p in complete)
+
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    assert losses(killed) == reference, f"killed after {target} logged steps"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_what_one_does(tmp_path):
+    plan = {"schema": "hloscope.plan/1", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 2, "tp": 1, "sp": 4},
+            "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    steps = ["--phase", "1", "--set", "stages=128x6x2", "--plan", str(tmp_path / "plan.json"), "--max-steps", "3"]
+    command, env = cli(*steps, "--run-dir", str(tmp_path / "one"))
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+
+    port = _free_port()
+    workers = []
+    for process in range(2):
+        command, env = cli(*steps, "--run-dir", str(tmp_path / "two"), "--coordinator", f"localhost:{port}",
+                           "--num-processes", "2", "--process-id", str(process), devices=4)
+        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for worker in workers:
+        out, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, out.decode()[-2000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 3
+    assert two == pytest.approx(one, rel=1e-5)
