@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 REMAT_POLICIES = ("full", "save_dots", "none")
+# Built in; `reftrain.layers.register_attention` adds others (hloscope's paper reproduction).
 ATTENTION_IMPLS = ("auto", "dense", "blockwise")
 DTYPES = ("float32", "bfloat16")
 
@@ -93,7 +94,6 @@ class ModelConfig:
             ("param_dtype", DTYPES),
             ("compute_dtype", DTYPES),
             ("remat_policy", REMAT_POLICIES),
-            ("attention_impl", ATTENTION_IMPLS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

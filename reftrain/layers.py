@@ -6,7 +6,7 @@ Parameters are stored in `param_dtype` and used in `compute_dtype`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from reftrain.attention import blockwise_attention, dense_attention, ring_attention
-from reftrain.config import ModelConfig
+from reftrain.config import ATTENTION_IMPLS, ModelConfig
 from reftrain.rope import apply_rope
 from reftrain.sharding import activation_spec, heads_spec
 
@@ -47,6 +47,17 @@ def fit_chunk(chunk: int, length: int) -> int:
     return chunk
 
 
+#: Attention implementations registered from outside reftrain, by name: (function called inside
+#: the shard_map as f(q, k, v, segment_ids, *, q_chunk, kv_chunk, axis_name), whether it takes
+#: the full-length segment ids instead of the local shard).
+EXTRA_ATTENTION: dict[str, tuple[Callable, bool]] = {}
+
+
+def register_attention(name: str, local: Callable, *, full_segment_ids: bool = False) -> None:
+    """Makes `config.attention_impl=name` run `local` under the model's shard_map (sp > 1)."""
+    EXTRA_ATTENTION[name] = (local, full_segment_ids)
+
+
 def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.Array:
     """Causal GQA attention `[B, T, Hq, Dh]` of RoPE'd q, k, v, chosen by mesh and config.
 
@@ -55,6 +66,11 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
     than 1, blockwise attention otherwise (or dense if `attention_impl="dense"`).
     """
     impl = config.attention_impl
+    if impl not in ATTENTION_IMPLS and impl not in EXTRA_ATTENTION:
+        known = ", ".join([*ATTENTION_IMPLS, *EXTRA_ATTENTION])
+        raise ValueError(f"unknown attention_impl {impl!r}; known: {known}")
+    if impl in EXTRA_ATTENTION and mesh is None:
+        raise ValueError(f"attention_impl {impl!r} needs a mesh")
     if mesh is None:
         if impl == "blockwise":
             chunks = (fit_chunk(config.q_chunk, q.shape[1]), fit_chunk(config.kv_chunk, q.shape[1]))
@@ -67,15 +83,21 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
         raise ValueError(f"sequence length {q.shape[1]} is not divisible by sp={sp}")
     q_chunk, kv_chunk = fit_chunk(config.q_chunk, local_len), fit_chunk(config.kv_chunk, local_len)
 
+    spec = heads_spec()
+    segment_spec = jax.sharding.PartitionSpec(spec[0], spec[1])
+    if impl in EXTRA_ATTENTION:
+        extra, full_segment_ids = EXTRA_ATTENTION[impl]
+        segment_spec = jax.sharding.PartitionSpec(spec[0]) if full_segment_ids else segment_spec
+
     def local(q, k, v, segment_ids):
+        if impl in EXTRA_ATTENTION:
+            return extra(q, k, v, segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp")
         if impl == "dense" and sp == 1:
             return dense_attention(q, k, v, segment_ids=segment_ids)
         if sp == 1:
             return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk)
         return ring_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp")
 
-    spec = heads_spec()
-    segment_spec = jax.sharding.PartitionSpec(spec[0], spec[1])
     return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, segment_spec), out_specs=spec)(
         q, k, v, segment_ids
     )

@@ -90,7 +90,9 @@ def _inputs(tokens, positions, segment_ids):
 def param_initializer(config: ModelConfig):
     """Returns `rng -> params`: the random initialisation, to be traced under jit."""
     tokens = jnp.zeros((1, 8), jnp.int32)
-    return lambda rng: Mistral(config).init(rng, *_inputs(tokens, None, None))["params"]
+    # Parameters do not depend on the attention implementation; init traces without a mesh.
+    shape_only = config.replace(attention_impl="auto")
+    return lambda rng: Mistral(shape_only).init(rng, *_inputs(tokens, None, None))["params"]
 
 
 def init_params(config: ModelConfig, rng: jax.Array, *, mesh: Mesh | None = None) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Programs hloscope profiles, built with abstract inputs only (never allocating).
 
-`attention`: our ring attention's gradient; `paper-attention`: the paper codebase's structure.
-A new program (a decoder layer, a training step) registers a `Program` in its own module.
+`attention`: our ring attention's gradient; `paper-attention`: the paper codebase's structure;
+`layer` and `train-step`: reftrain's decoder layer and whole optimizer step for a preset.
+A new program registers a `Program` in its own module.
 """
 
-from hloscope.programs import attention, paper_attention  # noqa: F401  (registers the programs)
+from hloscope.programs import attention, model_step, paper_attention  # noqa: F401  (registers the programs)
 from hloscope.programs._registry import (
     PROGRAMS,
     AttentionShape,

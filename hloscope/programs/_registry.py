@@ -79,9 +79,12 @@ def program_options(name: str, **values) -> Any:
 
 
 def lower_program(devices: Sequence[jax.Device], program: str, **values) -> jax.stages.Lowered:
-    """Returns the lowered program on a one-axis `sp` mesh over `devices` (the compile worker's builder)."""
+    """Returns the lowered program over `devices` (the compile worker's builder): on the mesh its
+    options describe, else a one-axis `sp` mesh; a function that is already jitted keeps its
+    shardings and donation."""
     options = program_options(program, **values)
     options.validate(len(devices))
-    mesh = Mesh(np.array(devices), ("sp",))
+    mesh = options.mesh(devices) if hasattr(options, "mesh") else Mesh(np.array(devices), ("sp",))
     function, arguments = get_program(program).build(mesh, options)
-    return jax.jit(function).lower(*arguments)
+    jitted = function if hasattr(function, "lower") else jax.jit(function)
+    return jitted.lower(*arguments)

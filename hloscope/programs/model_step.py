@@ -1,0 +1,142 @@
+"""`layer` and `train-step`: reftrain's real decoder layer and optimizer step, abstract inputs only.
+
+Both are built from reftrain's own code for any preset, mesh, length, chunks and remat policy;
+`--attention paper` swaps in the paper-faithful ring attention inside the same program, to see
+Appendix A's buffer inside a whole training step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from hloscope.programs._registry import Program, register
+from hloscope.programs.paper_attention import paper_ring_attention
+from reftrain.config import PRESETS, REMAT_POLICIES, ModelConfig
+from reftrain.layers import DecoderLayer, register_attention
+from reftrain.phases import get_phase
+from reftrain.rope import rope_tables
+from reftrain.sharding import AXES, activation_spec, batch_spec, param_shardings
+from reftrain.train.optim import make_optimizer
+from reftrain.train.state import abstract_state
+from reftrain.train.step import batch_shardings, make_train_step
+
+
+def _paper_attention(q, k, v, segment_ids, *, q_chunk, kv_chunk, axis_name):
+    # The paper's codebase repeated Mistral's 8 KV heads to 32 before its ring attention.
+    groups = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    return paper_ring_attention(q, k, v, segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name=axis_name)
+
+
+register_attention("paper", _paper_attention, full_segment_ids=True)
+
+
+@dataclass(frozen=True)
+class ModelStepShape:
+    """A model program's size: preset, length, chunks, remat, attention and mesh (sp: the rest)."""
+
+    model: str = "mistral-7b"
+    seq: int = 524_288
+    q_chunk: int = 2048
+    kv_chunk: int | None = None
+    batch: int = 1
+    remat: str = "full"
+    attention: str = "ours"  # or "paper"
+    dp: int = 1
+    fsdp: int = 1
+    tp: int = 1
+    sp: int | None = None  # None: devices / (dp * fsdp * tp)
+
+    def resolved(self) -> ModelStepShape:
+        return replace(self, kv_chunk=2 * self.q_chunk if self.kv_chunk is None else self.kv_chunk)
+
+    def mesh_sizes(self, devices: int) -> dict[str, int]:
+        rest = self.dp * self.fsdp * self.tp
+        sp = self.sp if self.sp is not None else max(devices // rest, 1)
+        return {"dp": self.dp, "fsdp": self.fsdp, "tp": self.tp, "sp": sp}
+
+    def validate(self, devices: int) -> None:
+        """Raises ValueError naming the numbers when this cannot run on `devices` devices."""
+        shape = self.resolved()
+        if shape.model not in PRESETS:
+            raise ValueError(f"--model {shape.model!r} is not a preset; known: {', '.join(sorted(PRESETS))}")
+        if shape.remat not in REMAT_POLICIES:
+            raise ValueError(f"--remat {shape.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+        if shape.attention not in ("ours", "paper"):
+            raise ValueError(f"--attention must be 'ours' or 'paper', got {shape.attention!r}")
+        sizes = shape.mesh_sizes(devices)
+        if math.prod(sizes.values()) != devices:
+            raise ValueError(f"mesh {sizes} does not use exactly --devices {devices}")
+        if shape.seq <= 0 or shape.seq % sizes["sp"]:
+            raise ValueError(f"--seq {shape.seq} is not divisible by sp={sizes['sp']}")
+        local = shape.seq // sizes["sp"]
+        for flag, chunk in (("--q-chunk", shape.q_chunk), ("--kv-chunk", shape.kv_chunk)):
+            if chunk <= 0 or local % chunk:
+                raise ValueError(f"{flag} {chunk} does not divide the local length {local} (= {shape.seq} / sp={sizes['sp']})")
+        if shape.batch % (sizes["dp"] * sizes["fsdp"]):
+            raise ValueError(f"--batch {shape.batch} is not divisible by dp x fsdp = {sizes['dp'] * sizes['fsdp']}")
+
+    def config(self) -> ModelConfig:
+        shape = self.resolved()
+        return PRESETS[shape.model].replace(
+            q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, remat_policy=shape.remat,
+            attention_impl="paper" if shape.attention == "paper" else "auto",
+            rope_theta=75e6,
+        )
+
+    def mesh(self, devices) -> Mesh:
+        sizes = self.mesh_sizes(len(devices))
+        return Mesh(np.asarray(devices).reshape(*(sizes[a] for a in AXES)), AXES)
+
+
+def _tokens(mesh: Mesh, shape: ModelStepShape, leading: tuple[int, ...] = ()) -> jax.ShapeDtypeStruct:
+    spec = P(*(None,) * len(leading), *batch_spec())
+    return jax.ShapeDtypeStruct((*leading, shape.batch, shape.seq), jnp.int32, sharding=NamedSharding(mesh, spec))
+
+
+def build_train_step(mesh: Mesh, shape: ModelStepShape):
+    """Returns (reftrain's jitted train step, abstract train state and batch)."""
+    config = shape.config()
+    optimizer, schedule = make_optimizer(get_phase(shape.model, 3), total_steps=1000)
+    state = abstract_state(config, optimizer, mesh)
+    token = _tokens(mesh, shape, leading=(1,))
+    mask = jax.ShapeDtypeStruct(token.shape, jnp.float32, sharding=token.sharding)
+    batch = {"tokens": token, "targets": token, "positions": token, "segment_ids": token, "loss_mask": mask}
+    assert set(batch) == set(batch_shardings(mesh))
+    return make_train_step(config, optimizer, schedule, mesh), [state, batch]
+
+
+def build_layer(mesh: Mesh, shape: ModelStepShape):
+    """Returns (grad of one decoder layer wrt its params and input, abstract params, x, positions, ids)."""
+    config = shape.config()
+    dtype = jnp.dtype(config.compute_dtype)
+    layer = DecoderLayer(config, mesh)
+    x = jax.ShapeDtypeStruct((shape.batch, shape.seq, config.hidden_size), dtype, sharding=NamedSharding(mesh, activation_spec()))
+    tokens = _tokens(mesh, shape)
+
+    def init(x, positions, segment_ids):
+        cos, sin = rope_tables(positions, config)
+        return layer.init(jax.random.key(0), x, cos, sin, segment_ids)["params"]
+
+    abstract = jax.eval_shape(init, x, tokens, tokens)
+    shardings = param_shardings(abstract, mesh)
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+    def loss(params, x, positions, segment_ids):
+        cos, sin = rope_tables(positions, config)
+        out, _ = layer.apply({"params": params}, x, cos, sin, segment_ids)
+        return jnp.sum(out.astype(jnp.float32))
+
+    step = jax.checkpoint(loss) if config.remat_policy == "full" else loss
+    return jax.jit(jax.grad(step, argnums=(0, 1))), [params, x, tokens, tokens]
+
+
+register(Program("train-step", "one complete reftrain optimizer step (forward, chunked loss, backward, AdamW) of a preset", build_train_step, ModelStepShape))
+register(Program("layer", "one reftrain decoder layer, forward and backward", build_layer, ModelStepShape))
