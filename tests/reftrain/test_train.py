@@ -148,3 +148,21 @@ def test_two_processes_train_what_one_does(tmp_path):
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 3
     assert two == pytest.approx(one, rel=1e-5)
+
+
+def test_init_from_a_hugging_face_directory(tmp_path):
+    """Phase 1 starts from exported weights: its first loss is the loss of those weights."""
+    import jax
+
+    from reftrain import hf, model
+    from reftrain.config import get_config
+
+    config = get_config("tiny", hidden_size=64, intermediate_size=128, num_q_heads=4, num_kv_heads=2, head_dim=16)
+    params = model.init_params(config, jax.random.key(7))
+    hf.save_checkpoint(config, params, tmp_path / "hf", dtype="float32")
+    args = ["--phase", "1", "--set", "stages=128x4x1", "--max-steps", "1", "--no-progress", *SMALL]
+    assert run_cli.main([*args, "--run-dir", str(tmp_path / "a"), "--init-from", str(tmp_path / "hf")]) == 0
+    assert run_cli.main([*args, "--run-dir", str(tmp_path / "b")]) == 0
+    saved = json.loads((tmp_path / "a" / "phase1" / "config.json").read_text())
+    assert saved["started_from"] == str(tmp_path / "hf")
+    assert losses(tmp_path / "a") != losses(tmp_path / "b"), "the imported weights were not used"
