@@ -1,4 +1,5 @@
-"""The `hloscope` command line: profile a program or HLO text, diff two profiles, print versions.
+"""The `hloscope` command line: profile a program or HLO text, diff two profiles, search chunk
+sizes and remat for reftrain's train step (writing plan.json), print versions.
 
 A user error (bad flag value, unreadable or malformed file, unknown target, missing gpu-aot
 extra) prints one line on stderr and exits 2, writing nothing.
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hloscope import search_cli
 from hloscope.hlo import ParseError
 from hloscope.programs import PROGRAMS, AttentionShape
 from hloscope.targets import TARGETS, MissingGpuAotError, UnknownTargetError, check_gpu_aot, get_target
@@ -134,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("b", type=Path)
     diff.add_argument("--html", type=Path, help="write both curves overlaid here")
     diff.set_defaults(run=_diff)
+
+    search_cli.add_parser(commands)
 
     commands.add_parser("versions", help="print the toolchain versions memory figures depend on").set_defaults(run=_versions)
     return parser

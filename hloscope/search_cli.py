@@ -1,0 +1,160 @@
+"""`hloscope search`: the command line around hloscope.search (table, progress, plan file)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hloscope.report import _console
+from hloscope.search import DEFAULT_MARGIN, Outcome, candidates, choose, longest_fitting, run_search
+from hloscope.targets import TARGETS, check_gpu_aot, get_target
+from hloscope.versions import toolchain_versions
+
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*(GiB|GB|MiB|MB)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "gb": 10**9, "gib": 2**30, "mb": 10**6, "mib": 2**20}
+
+
+def _gib(count: int | float | None) -> str:
+    return "-" if count is None else f"{count / 2**30:,.2f} GiB"
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"--memory {text!r}: expected a size such as 80GiB or 2GB")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower() or None])
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("search", help="search Q/KV chunks and remat for reftrain's train step; write plan.json")
+    p.add_argument("--model", default="mistral-7b", help="reftrain preset")
+    p.add_argument("--seq", type=int, default=524_288, help="global sequence length (tokens)")
+    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--target", default="a100-80gb", help=f"one of: {', '.join(sorted(TARGETS))}")
+    p.add_argument("--out", type=Path, help="write the chosen plan here")
+    p.add_argument("--memory", help="device memory budget (default: the target's; required for cpu), e.g. 80GiB")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="fraction of memory kept free (docs/search.md)")
+    p.add_argument("--q-chunks", default="512,1024,2048,4096,8192")
+    p.add_argument("--kv-chunks", default="512,1024,2048,4096,8192")
+    p.add_argument("--remat", default="full,save_dots", help="remat policies to try")
+    p.add_argument("--mesh", default="", help="fixed axes, e.g. fsdp=2 (sp takes the remaining devices)")
+    p.add_argument("--max-seq", action="store_true", help="also binary-search the longest sequence that fits")
+    p.add_argument("--max-seq-limit", type=int, help="upper end of that search (default 4 x --seq)")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="compiles at once")
+    p.add_argument("--timeout", type=float, default=600, help="per-candidate compile limit, seconds")
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(run=run)
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"{flag} {text!r}: expected positive integers")
+    return values
+
+
+def _mesh(text: str) -> dict[str, int]:
+    sizes = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("dp", "fsdp", "tp") or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--mesh {text!r}: expected dp=N,fsdp=N,tp=N (sp takes the rest)")
+        sizes[key] = int(value)
+    return sizes
+
+
+def _table(outcomes: list[Outcome], chosen: Outcome | None, budget: int | None, margin: float) -> Table:
+    usable = f"{_gib(budget * (1 - margin))} usable of {_gib(budget)}" if budget else "no budget"
+    table = Table(title=f"train-step candidates (xla_total per device; {usable})")
+    for column in ("q", "kv", "remat", "status", "xla_total", "temp", "fits", "headroom", "pred. step", "remat warnings", ""):
+        table.add_column(column, justify="right" if column in ("q", "kv", "xla_total", "temp", "headroom", "pred. step") else "left")
+    for o in sorted(outcomes, key=lambda o: (not o.fits, o.predicted_s or 1e30)):
+        table.add_row(
+            str(o.candidate.q_chunk), str(o.candidate.kv_chunk), o.candidate.remat, o.status + (" (cached)" if o.cached else ""),
+            _gib(o.figures.get("xla_total")), _gib(o.figures.get("temp_size_in_bytes")),
+            "yes" if o.fits else "no", _gib(o.headroom_bytes),
+            f"{o.predicted_s:.2f} s" if o.predicted_s else "-", str(len(o.remat_warnings)), "<- chosen" if o is chosen else "",
+        )
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    from reftrain.plan import Plan, write_plan
+
+    from hloscope.cli import UserError
+    from hloscope.programs.model_step import ModelStepShape
+
+    try:
+        target = get_target(args.target)
+        budget = parse_size(args.memory) if args.memory else target.memory_bytes
+        fixed = _mesh(args.mesh)
+        base = ModelStepShape(model=args.model, seq=args.seq, **fixed)
+        sizes = base.mesh_sizes(args.devices)
+        local = args.seq // sizes["sp"] if sizes["sp"] else 0
+        cands = candidates(local, _ints(args.q_chunks, "--q-chunks"), _ints(args.kv_chunks, "--kv-chunks"), tuple(args.remat.split(",")))
+        if not cands:
+            raise ValueError(f"no chunk pair divides the local length {local} (= {args.seq} / sp={sizes['sp']})")
+        ModelStepShape(**{**asdict(base), "q_chunk": cands[0].q_chunk, "kv_chunk": cands[0].kv_chunk, "remat": cands[0].remat}).validate(args.devices)
+        if not 0 <= args.margin < 1:
+            raise ValueError(f"--margin must be in [0, 1), got {args.margin}")
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if args.out is not None and not args.out.parent.exists():
+        raise UserError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    if target.platform == "cuda":
+        check_gpu_aot()
+
+    console = _console()
+    columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]}"))
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("search", total=len(cands), last="")
+
+        def done(o: Outcome) -> None:
+            progress.update(task, advance=1, last=f"q={o.candidate.q_chunk} kv={o.candidate.kv_chunk} {o.candidate.remat}: {o.status}")
+
+        outcomes = run_search(base, args.target, args.devices, cands, budget=budget, margin=args.margin, jobs=args.jobs,
+                              timeout_s=args.timeout, use_cache=not args.no_cache, on_done=done)
+    chosen = choose(outcomes)
+    console.print(_table(outcomes, chosen, budget, args.margin))
+    if chosen is None:
+        console.print(f"no candidate fits {args.model} at {args.seq:,} tokens on {args.devices} x {args.target}")
+        return 1
+    c = chosen.candidate
+    console.print(
+        f"chosen: q_chunk={c.q_chunk} kv_chunk={c.kv_chunk} remat={c.remat}: xla_total "
+        f"{_gib(chosen.figures['xla_total'])} per device, headroom {_gib(chosen.headroom_bytes)}"
+    )
+    if args.max_seq:
+        step = sizes["sp"] * max(c.q_chunk, c.kv_chunk)
+        upper = args.max_seq_limit or 4 * args.seq
+        lightest = sorted((o for o in outcomes if o.status == "ok"), key=lambda o: o.figures["xla_total"])[:3]
+        probe_cands = [o.candidate for o in lightest] or [c]
+        seq, best = longest_fitting(
+            base, args.target, args.devices, probe_cands, budget=budget, margin=args.margin, step=step, upper=upper,
+            jobs=args.jobs, timeout_s=args.timeout, use_cache=not args.no_cache,
+            on_probe=lambda s, o: console.print(f"  {s:>10,} tokens: " + ("fits" if o else "does not fit")),
+        )
+        if seq:
+            console.print(f"longest that fits (multiples of {step:,}, up to {upper:,}): {seq:,} tokens, "
+                          f"q={best.candidate.q_chunk} kv={best.candidate.kv_chunk} {best.candidate.remat}, "
+                          f"xla_total {_gib(best.figures['xla_total'])}")
+    if args.out is not None:
+        versions = toolchain_versions()
+        plan = Plan(
+            model=args.model, seq_len=args.seq, mesh=sizes, q_chunk=c.q_chunk, kv_chunk=c.kv_chunk, remat_policy=c.remat,
+            target={"name": target.name, "device_kind": target.device_kind, "count": args.devices, "memory_bytes": budget, "margin": args.margin},
+            predicted={"xla_total": chosen.figures["xla_total"], "headroom_bytes": chosen.headroom_bytes, "step_seconds": chosen.predicted_s},
+            versions={"jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}, source="hloscope search",
+        )
+        write_plan(plan, args.out)
+        console.print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,50 @@
+"""A documented model of one training step's time, to rank candidates that fit.
+
+XLA:GPU compiled deviceless reports no cost analysis, so hloscope predicts instead:
+
+    time = (matmul FLOPs x remat factor + attention FLOPs of the busiest device) / (peak x 0.5)
+           + blocks x 5 us
+
+* matmul FLOPs: 6 x matmul parameters x tokens per device (forward 2, backward 4);
+  remat "full" recomputes the forward (factor 8/6), "save_dots" and "none" do not.
+* attention: 4 x q_chunk x kv_chunk x q_heads x head_dim per computed (Q, KV) block, forward,
+  recomputed forward under full remat, and 2.5x for the backward, for every layer. Blocks
+  hidden by the causal mask are skipped, but a block that straddles the diagonal is computed
+  whole, so larger chunks waste more. The busiest device of a contiguous ring (the last) sees
+  sp - 1 whole shards plus its own diagonal shard.
+* 0.5 is the fraction of peak a good step sustains (MEASUREMENTS.md: 42-44% MFU on H100);
+  5 us per block is the loop, slicing and launch overhead that makes tiny chunks slow.
+
+Only the ranking matters; docs/search.md states the model and its limits.
+"""
+
+from __future__ import annotations
+
+from reftrain.config import ModelConfig
+
+PEAK_FLOPS = {"a100-80gb": 312e12, "h100-80gb": 989e12, "cpu": 1e11}
+SUSTAINED = 0.5
+BLOCK_OVERHEAD_S = 5e-6
+
+
+def _diagonal_blocks(length: int, q_chunk: int, kv_chunk: int) -> int:
+    """Computed blocks of one shard attending to itself under the causal mask."""
+    return sum(((i + 1) * q_chunk - 1) // kv_chunk + 1 for i in range(length // q_chunk))
+
+
+def predicted_seconds(config: ModelConfig, seq: int, mesh: dict[str, int], target) -> float:
+    """Predicted seconds of one optimizer step (one sequence of `seq` tokens per batch row)."""
+    sp = mesh["sp"]
+    devices = sp * mesh["dp"] * mesh["fsdp"] * mesh["tp"]
+    local = seq // sp
+    c = config
+    attn = c.hidden_size * c.head_dim * (2 * c.num_q_heads + 2 * c.num_kv_heads)
+    matmul_params = c.num_layers * (attn + 3 * c.hidden_size * c.intermediate_size) + c.hidden_size * c.vocab_size
+    remat = 8 / 6 if c.remat_policy == "full" else 1.0
+    matmul_flops = 6 * matmul_params * seq / devices * remat
+    blocks = (sp - 1) * (local // c.q_chunk) * (local // c.kv_chunk) + _diagonal_blocks(local, c.q_chunk, c.kv_chunk)
+    passes = 1 + (1 if c.remat_policy == "full" else 0) + 2.5
+    heads_here = c.num_q_heads / mesh["tp"]
+    attention_flops = blocks * 4 * c.q_chunk * c.kv_chunk * heads_here * c.head_dim * passes * c.num_layers
+    peak = PEAK_FLOPS.get(target.name, 1e11)
+    return (matmul_flops + attention_flops) / (peak * SUSTAINED) + blocks * c.num_layers * BLOCK_OVERHEAD_S

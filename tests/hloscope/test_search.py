@@ -1,0 +1,97 @@
+"""`hloscope search`: candidates, budget and margin, cache, failures recorded, and a plan that
+`python -m reftrain.run` accepts and trains with."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import jax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hloscope import cli
+from hloscope.profile import profile_program
+from hloscope.programs import lower_program
+from hloscope.programs.model_step import ModelStepShape
+from hloscope.search import candidates
+from hloscope.speed import predicted_seconds
+from hloscope.targets import get_target
+from reftrain import run as reftrain_run
+from reftrain.config import get_config
+
+SEARCH = ["search", "--model", "tiny", "--seq", "2048", "--devices", "8", "--target", "cpu", "--memory", "2GB",
+          "--q-chunks", "64,128", "--kv-chunks", "128", "--remat", "full", "--jobs", "1"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HLOSCOPE_CACHE", str(tmp_path / "cache"))
+
+
+@given(local=st.sampled_from([256, 1024, 4096, 65536, 38400]))
+def test_candidates_divide_the_local_length(local):
+    found = candidates(local)
+    assert all(local % c.q_chunk == 0 and local % c.kv_chunk == 0 and c.kv_chunk >= c.q_chunk for c in found)
+    assert {c.remat for c in found} <= {"full", "save_dots"}
+
+
+def test_search_writes_a_plan_that_reftrain_trains_with(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    assert cli.main([*SEARCH, "--out", str(plan)]) == 0
+    out = capsys.readouterr().out
+    assert "<- chosen" in out and "wrote" in out
+    written = json.loads(plan.read_text())
+    assert written["schema"] == "hloscope.plan/1" and written["model"] == "tiny" and written["q_chunk"] in (64, 128)
+    assert 0 < written["predicted"]["xla_total"] < 0.9 * 2e9
+
+    # Cached: the same search compiles nothing and says so.
+    assert cli.main(SEARCH) == 0
+    assert "(cached)" in capsys.readouterr().out
+
+    run_dir = tmp_path / "run"
+    args = ["--phase", "1", "--run-dir", str(run_dir), "--plan", str(plan), "--set", "stages=256x2x1", "--max-steps", "1", "--no-progress"]
+    assert reftrain_run.main([*args, "--dry-run"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["model"]["q_chunk"] == written["q_chunk"] and shown["plan"]["source"] == "hloscope search"
+    assert reftrain_run.main(args) == 0
+    assert json.loads((run_dir / "phase1" / "config.json").read_text())["plan"]["q_chunk"] == written["q_chunk"]
+
+
+def test_nothing_fits_a_tiny_budget_and_no_plan_is_written(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    assert cli.main([*SEARCH, "--q-chunks", "128", "--memory", "1MB", "--out", str(plan)]) == 1
+    assert "no candidate fits" in capsys.readouterr().out
+    assert not plan.exists()
+
+
+def test_a_failed_compile_is_recorded_not_fatal(capsys):
+    assert cli.main([*SEARCH, "--timeout", "0.5", "--no-cache"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("timeout") == 2 and "no candidate fits" in out
+
+
+def test_bad_search_flags_exit_2(capsys):
+    assert cli.main([*SEARCH, "--q-chunks", "3000"]) == 2
+    assert "no chunk pair divides the local length 256" in capsys.readouterr().err
+    assert cli.main([*SEARCH, "--memory", "lots"]) == 2
+    assert "expected a size" in capsys.readouterr().err
+
+
+def test_train_step_figure_matches_xla_memory_analysis():
+    shape = ModelStepShape(model="tiny", seq=2048, q_chunk=64, kv_chunk=128)
+    profile = profile_program("train-step", shape, target="cpu", devices=8)
+    stats = lower_program(jax.devices(), "train-step", **asdict(shape)).compile().memory_analysis()
+    ours = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    assert profile["figures"]["xla_total"] == ours
+    assert stats.alias_size_in_bytes > 0, "the train state must be donated"
+
+
+def test_speed_model_ranks_remat_and_chunks():
+    target = get_target("a100-80gb")
+    mesh = {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8}
+    config = get_config("mistral-7b", q_chunk=2048, kv_chunk=4096)
+    full = predicted_seconds(config, 524_288, mesh, target)
+    assert predicted_seconds(config.replace(remat_policy="save_dots"), 524_288, mesh, target) < full
+    assert predicted_seconds(config.replace(q_chunk=512, kv_chunk=512), 524_288, mesh, target) > full  # block overhead
