@@ -15,7 +15,7 @@ from typing import Any
 
 from hloscope import search_cli
 from hloscope.hlo import ParseError
-from hloscope.programs import PROGRAMS, AttentionShape
+from hloscope.programs import PROGRAMS, AttentionShape, program_options
 from hloscope.targets import TARGETS, MissingGpuAotError, UnknownTargetError, check_gpu_aot, get_target
 from hloscope.versions import toolchain_versions
 
@@ -51,13 +51,15 @@ def _profile(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as error:
             raise UserError(f"cannot read --hlo {args.hlo}: {error}") from None
     else:
-        shape = AttentionShape(
-            seq=args.seq, q_chunk=args.q_chunk, kv_chunk=args.kv_chunk, batch=args.batch,
-            q_heads=args.q_heads, kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=args.dtype,
+        values = dict(
+            seq=args.seq, q_chunk=args.q_chunk, kv_chunk=args.kv_chunk, batch=args.batch, q_heads=args.q_heads,
+            kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=args.dtype, model=args.model, remat=args.remat,
+            attention=args.attention,
         )
         try:
-            shape.resolved().validate(args.devices)
-        except ValueError as error:
+            shape = program_options(args.program, **values)
+            shape.validate(args.devices)
+        except (ValueError, TypeError) as error:
             raise UserError(str(error)) from None
         target = get_target(args.target)
         if target.platform == "cuda":
@@ -124,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--kv-heads", type=int, default=defaults.kv_heads)
     profile.add_argument("--head-dim", type=int, default=defaults.head_dim)
     profile.add_argument("--dtype", default=defaults.dtype, choices=["bfloat16", "float16", "float32"])
+    profile.add_argument("--model", help="layer/train-step: reftrain preset (default mistral-7b)")
+    profile.add_argument("--remat", help="layer/train-step: full, save_dots or none (default full)")
+    profile.add_argument("--attention", help="layer/train-step: ours or paper (default ours)")
     profile.add_argument("--target", default="cpu", help=f"one of: {', '.join(sorted(TARGETS))}")
     profile.add_argument("--json", type=Path, help="write the profile here (schema: docs/profile_json.md)")
     profile.add_argument("--html", type=Path, help="write the accumulated curve here (plotly)")
