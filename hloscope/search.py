@@ -77,10 +77,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HLOSCOPE_CACHE", Path.home() / ".cache" / "hloscope")) / "search"
 
 
+def _code_fingerprint() -> str:
+    """Hash of the code a train-step program is built from: reftrain and hloscope's programs."""
+    import hloscope.programs
+    import reftrain
+
+    digest = hashlib.sha256()
+    for package in (Path(reftrain.__file__).parent, Path(hloscope.programs.__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _cache_key(program: str, kwargs: dict, target: str, devices: int) -> str:
     versions = toolchain_versions()
     identity = {"program": program, "kwargs": kwargs, "target": target, "devices": devices,
-                "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}
+                "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "code": _code_fingerprint()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -82,6 +82,7 @@ class ModelConfig:
     q_chunk: int = 2048
     kv_chunk: int = 4096
     loss_chunk: int = 2048
+    mlp_chunk: int = 8192  # tokens per device per MLP chunk; 0 runs the MLP whole
     initializer_range: float = 0.02
 
     def __post_init__(self):
@@ -97,6 +98,8 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.mlp_chunk < 0:
+            raise ValueError(f"mlp_chunk must be >= 0, got {self.mlp_chunk}")
         for name in ("q_chunk", "kv_chunk", "loss_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -24,6 +24,7 @@ def small_config(**overrides):
         q_chunk=4,
         kv_chunk=8,
         loss_chunk=4,
+        mlp_chunk=4,
         rope_theta=25e6,
     )
     return get_config("tiny", **{**values, **overrides})
@@ -85,9 +86,10 @@ def test_sharded_path_matches_single_device(reference, axes):
     _assert_trees_close(grads, ring_grads, 1e-4)
 
 
-def test_blockwise_without_mesh_and_remat_policies_agree(reference):
+def test_blockwise_remat_policies_and_whole_mlp_agree(reference):
     config, params, batch, logits, loss, grads = reference
-    for overrides in ({"attention_impl": "blockwise"}, {"remat_policy": "none"}, {"remat_policy": "save_dots"}):
+    variants = ({"attention_impl": "blockwise"}, {"remat_policy": "none"}, {"remat_policy": "save_dots"}, {"mlp_chunk": 0})
+    for overrides in variants:
         variant = config.replace(**overrides)
         out = model.forward(variant, params, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
         np.testing.assert_allclose(np.asarray(out), np.asarray(logits), atol=2e-5 * np.abs(logits).max())
