@@ -25,7 +25,6 @@ from reftrain.config import DTYPES, ModelConfig
 from reftrain.hf._config import CheckpointError, config_to_hf
 from reftrain.hf._load import INDEX, SINGLE, numpy_dtype
 from reftrain.hf._tensors import hf_tensors, leaf_at, rules
-from reftrain.model import abstract_params
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' historical "5GB"
 
