@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reftrain.config import ModelConfig
+from reftrain.files import atomic_write_bytes
 
 SCHEMA = "hloscope.plan/1"
 MESH_AXES = ("dp", "fsdp", "tp", "sp")
@@ -97,7 +98,4 @@ def apply_plan(plan: Plan, config: ModelConfig, available_devices: int) -> Model
 
 def write_plan(plan: Plan, path: str | Path) -> None:
     """Writes the plan atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(Path(path), (json.dumps(plan.to_dict(), indent=2) + "\n").encode())

