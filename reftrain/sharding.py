@@ -143,3 +143,17 @@ def param_report(params, mesh: Mesh) -> ParamReport:
         if shards == 1 and leaf.ndim > 1 + name.startswith("layers"):
             replicated.append(name)
     return ParamReport(count, bytes_total, bytes_device, tuple(replicated))
+
+
+def zigzag_permutation(seq_len: int, sp: int) -> np.ndarray:
+    """Returns the token order of the zigzag layout: `x[:, perm]` sharded contiguously over sp
+    puts the sequence's chunks i and 2*sp-1-i (of seq_len / (2*sp) tokens) on device i.
+
+    Under a causal mask every device then has the same work (reftrain.attention, layout
+    "zigzag"); `np.argsort(perm)` restores the original order.
+    """
+    if seq_len % (2 * sp):
+        raise ValueError(f"zigzag layout needs the sequence length {seq_len} divisible by 2 x sp = {2 * sp}")
+    chunks = np.arange(seq_len).reshape(2 * sp, seq_len // (2 * sp))
+    order = [c for i in range(sp) for c in (i, 2 * sp - 1 - i)]
+    return chunks[order].reshape(seq_len)

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from reftrain.attention._chunked import Chunking, Grads, shard_backward, shard_forward
+from reftrain.attention._fused import LAYOUTS, FusedSpec, fused_ring_attention
+from reftrain.attention._kernels import resolve_kernel
 from reftrain.attention._masks import check_chunks, check_shapes, default_segment_ids
 
 
@@ -26,6 +28,7 @@ class _Ring(NamedTuple):
 
     chunking: Chunking
     axis_name: Hashable | None
+    layout: str = "contiguous"
 
     def size(self) -> int:
         return 1 if self.axis_name is None else lax.axis_size(self.axis_name)
@@ -42,8 +45,17 @@ class _Ring(NamedTuple):
         return jax.tree.map(lambda x: lax.ppermute(x, self.axis_name, perm), tree)
 
     def positions(self, shard: jax.Array, length: int) -> jax.Array:
-        """Returns the global token indices `[length]` of a contiguous sequence shard."""
-        return shard * length + jnp.arange(length, dtype=jnp.int32)
+        """Returns the global token indices `[length]` of device `shard`'s tokens.
+
+        Contiguous: `[shard*length, (shard+1)*length)`. Zigzag: the sequence is cut in 2N
+        chunks of length/2 and device i holds chunks i and 2N-1-i (both ascending, so the
+        visible KV chunks stay a prefix for `_visible_chunks`).
+        """
+        if self.layout == "contiguous":
+            return shard * length + jnp.arange(length, dtype=jnp.int32)
+        half = length // 2
+        chunk_ids = jnp.stack([shard, 2 * self.size() - 1 - shard])
+        return (chunk_ids[:, None] * half + jnp.arange(half, dtype=jnp.int32)).reshape(length)
 
     def source(self, step) -> jax.Array:
         """Returns which device's KV shard this device holds at ring step `step`."""
@@ -118,11 +130,22 @@ def _attention_bwd(ring: _Ring, residuals, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _checked_ring(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name) -> tuple[_Ring, jax.Array]:
+def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout) -> jax.Array:
+    """Runs the fused-kernel ring when the kernel is cuDNN and there are no document masks,
+    our chunked XLA loops otherwise."""
     check_shapes(q, k, v, segment_ids)
     check_chunks(q.shape[1], q_chunk, kv_chunk)
-    chunking = Chunking(bool(causal), int(q_chunk), int(kv_chunk), q.shape[3] ** -0.5)
-    return _Ring(chunking, axis_name), default_segment_ids(q, segment_ids)
+    if layout not in LAYOUTS:
+        raise ValueError(f"sequence layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if layout == "zigzag" and q.shape[1] % 2:
+        raise ValueError(f"zigzag layout needs an even local length, got {q.shape[1]}")
+    kernel = resolve_kernel(kernel)
+    scale = q.shape[3] ** -0.5
+    if kernel == "cudnn" and causal and segment_ids is None:
+        spec = FusedSpec(kernel, layout, int(q_chunk), int(kv_chunk), scale, axis_name)
+        return fused_ring_attention(spec, q, k, v)
+    chunking = Chunking(bool(causal), int(q_chunk), int(kv_chunk), scale)
+    return _attention(_Ring(chunking, axis_name, layout), q, k, v, default_segment_ids(q, segment_ids))
 
 
 def blockwise_attention(
@@ -134,14 +157,16 @@ def blockwise_attention(
     causal: bool = True,
     q_chunk: int,
     kv_chunk: int,
+    kernel: str = "auto",
 ) -> jax.Array:
     """Returns attention `[batch, len, q_heads, head_dim]` computed in Q x KV chunks.
 
     Same arguments and result as `dense_attention`; never builds a `[len, len]` matrix.
     Softmax statistics are float32. Raises ValueError if a chunk size does not divide `len`.
+    `kernel`: "xla" (our chunked loops), "cudnn" (one fused cuDNN call; GPU only, used when
+    segment_ids is None and causal), or "auto" (cuDNN on a GPU backend, else xla).
     """
-    ring, segment_ids = _checked_ring(q, k, v, segment_ids, causal, q_chunk, kv_chunk, None)
-    return _attention(ring, q, k, v, segment_ids)
+    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, None, kernel, "contiguous")
 
 
 def ring_attention(
@@ -154,13 +179,16 @@ def ring_attention(
     q_chunk: int,
     kv_chunk: int,
     axis_name: Hashable,
+    kernel: str = "auto",
+    layout: str = "contiguous",
 ) -> jax.Array:
     """Returns this device's shard of attention `[batch, local_len, q_heads, head_dim]`.
 
     Call inside `shard_map` with the sequence sharded contiguously over `axis_name`: q, k, v
     and segment_ids are local shards (device i holds tokens `[i*local_len, (i+1)*local_len)`).
     K, V and their segment ids rotate around the ring; the result equals `dense_attention` on
-    the gathered sequence.
+    the gathered sequence. With `layout="zigzag"` device i holds the sequence's chunks i and
+    2N-1-i (of length local_len/2), which balances the causal work (`reftrain.sharding
+    .zigzag_order` permutes a sequence into that order). `kernel` as in blockwise_attention.
     """
-    ring, segment_ids = _checked_ring(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name)
-    return _attention(ring, q, k, v, segment_ids)
+    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout)
