@@ -1,0 +1,148 @@
+"""The fused-kernel ring (contiguous and zigzag) equals dense attention; cuDNN equals our XLA
+kernel on a GPU (skipped elsewhere: run on the device machine with JAX_PLATFORMS=cuda)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from jax.sharding import Mesh, PartitionSpec as P
+
+from reftrain.attention import blockwise_attention, dense_attention, ring_attention
+from reftrain.attention._fused import FusedSpec, fused_ring_attention
+from reftrain.attention._kernels import get_kernel, resolve_kernel
+from reftrain.sharding import zigzag_permutation
+
+on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU (cuDNN)")
+
+
+def _qkv(seed, length, q_heads, kv_heads, dim, dtype=jnp.float32, batch=1):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(keys[0], (batch, length, q_heads, dim)).astype(dtype)
+    k = jax.random.normal(keys[1], (batch, length, kv_heads, dim)).astype(dtype)
+    v = jax.random.normal(keys[2], (batch, length, kv_heads, dim)).astype(dtype)
+    return q, k, v, jax.random.normal(keys[3], q.shape).astype(dtype)
+
+
+def _value_and_grads(attention, q, k, v, g):
+    def loss(q, k, v):
+        out = attention(q, k, v)
+        return jnp.sum(out.astype(jnp.float32) * g.astype(jnp.float32)), out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    return out, grads
+
+
+def _max_error(got, want):
+    return max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+
+
+def _sharded(local, devices, layout, length):
+    """Runs `local` over a ring of `devices`, feeding it the sequence in `layout` order."""
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("sp",))
+    perm = zigzag_permutation(length, devices) if layout == "zigzag" else np.arange(length)
+    inverse = np.argsort(perm)
+    ring = jax.shard_map(local, mesh=mesh, in_specs=(P(None, "sp"),) * 3, out_specs=P(None, "sp"))
+    return lambda q, k, v: ring(q[:, perm], k[:, perm], v[:, perm])[:, inverse]
+
+
+@given(
+    devices=st.sampled_from([1, 2, 4, 8]),
+    layout=st.sampled_from(["contiguous", "zigzag"]),
+    heads=st.sampled_from([(4, 4), (4, 2), (4, 1)]),
+    chunks_per_device=st.sampled_from([2, 4]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_ring_equals_dense(devices, layout, heads, chunks_per_device, seed):
+    """The driver's step logic (which shard pairs are visible, causal or full, merged in which
+    half) against dense attention, with our XLA kernel standing in for cuDNN."""
+    length = devices * chunks_per_device * 4
+    q, k, v, g = _qkv(seed, length, *heads, 8)
+    spec = FusedSpec("xla", layout, 4, 4, 8 ** -0.5, "sp")
+    local = lambda q, k, v: fused_ring_attention(spec, q, k, v)
+    got = _value_and_grads(_sharded(local, devices, layout, length), q, k, v, g)
+    want = _value_and_grads(dense_attention, q, k, v, g)
+    assert _max_error(got, want) < 2e-5
+
+
+@pytest.mark.parametrize("devices", [2, 8])
+def test_zigzag_chunked_ring_with_documents_equals_dense(devices):
+    """The XLA ring in zigzag order uses true global positions for the causal mask."""
+    length = devices * 16
+    q, k, v, g = _qkv(3, length, 4, 2, 8)
+    segment_ids = jnp.asarray(np.repeat([1, 2, 3, 0], length // 4)[None])
+    perm = zigzag_permutation(length, devices)
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("sp",))
+
+    def local(q, k, v, s):
+        return ring_attention(q, k, v, segment_ids=s, q_chunk=4, kv_chunk=8, axis_name="sp", kernel="xla", layout="zigzag")
+
+    ring = jax.shard_map(local, mesh=mesh, in_specs=(P(None, "sp"),) * 4, out_specs=P(None, "sp"))
+    attention = lambda q, k, v: ring(q[:, perm], k[:, perm], v[:, perm], segment_ids[:, perm])[:, np.argsort(perm)]
+    got = _value_and_grads(attention, q, k, v, g)
+    want = _value_and_grads(lambda q, k, v: dense_attention(q, k, v, segment_ids=segment_ids), q, k, v, g)
+    assert _max_error(got, want) < 2e-5
+
+
+@given(sp=st.integers(1, 16), per_chunk=st.integers(1, 8))
+def test_zigzag_permutation_is_balanced(sp, per_chunk):
+    length = 2 * sp * per_chunk
+    perm = zigzag_permutation(length, sp)
+    assert sorted(perm.tolist()) == list(range(length))
+    shards = perm.reshape(sp, -1)
+    # Causal work of a shard: sum over its tokens of (position + 1) keys; zigzag equalises it.
+    work = (shards + 1).sum(axis=1)
+    assert np.all(work == work[0])
+    assert np.all(np.diff(shards, axis=1)[:, : per_chunk - 1] == 1)
+
+
+def test_zigzag_rejects_indivisible_length():
+    with pytest.raises(ValueError, match="divisible by 2 x sp"):
+        zigzag_permutation(12, 4)
+
+
+def test_kernel_choice():
+    assert resolve_kernel("auto", "cpu") == "xla"
+    assert resolve_kernel("auto", "cuda") == "cudnn"
+    assert resolve_kernel("xla", "cuda") == "xla"
+    with pytest.raises(ValueError, match="not one of"):
+        resolve_kernel("flash")
+
+
+@on_gpu
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("heads", [(8, 8), (8, 2)])
+def test_cudnn_kernel_matches_xla_kernel(causal, heads):
+    """out, lse and the backward given the final statistics: cuDNN vs our XLA loops."""
+    q, k, v, g = _qkv(0, 1024, *heads, 128, jnp.bfloat16)
+    scale = 128 ** -0.5
+    cudnn, xla = get_kernel("cudnn", 128, 128), get_kernel("xla", 128, 128)
+    out_c, lse_c = jax.jit(cudnn.forward, static_argnums=(3, 4))(q, k, v, causal, scale)
+    out_x, lse_x = jax.jit(xla.forward, static_argnums=(3, 4))(q, k, v, causal, scale)
+    assert lse_c.dtype == jnp.float32 and lse_c.shape == lse_x.shape
+    assert float(jnp.max(jnp.abs(lse_c - lse_x))) < 2e-2
+    assert _max_error(out_c, out_x) < 4e-2
+    grads_c = jax.jit(cudnn.backward, static_argnums=(6, 7))(q, k, v, out_x, lse_x, g, causal, scale)
+    grads_x = jax.jit(xla.backward, static_argnums=(6, 7))(q, k, v, out_x, lse_x, g, causal, scale)
+    for got, want in zip(grads_c, grads_x):
+        assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want))) < 4e-2 * max(1.0, float(jnp.max(jnp.abs(want))))
+
+
+@on_gpu
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
+def test_cudnn_fused_attention_equals_dense(layout):
+    """blockwise_attention(kernel="cudnn") and the zigzag driver on one GPU against dense."""
+    q, k, v, g = _qkv(1, 2048, 8, 2, 128, jnp.bfloat16)
+    if layout == "contiguous":
+        attention = lambda q, k, v: blockwise_attention(q, k, v, q_chunk=512, kv_chunk=512, kernel="cudnn")
+    else:
+        spec = FusedSpec("cudnn", "zigzag", 512, 512, 128 ** -0.5, None)
+        perm = zigzag_permutation(2048, 1)
+        attention = lambda q, k, v: fused_ring_attention(spec, q[:, perm], k[:, perm], v[:, perm])[:, np.argsort(perm)]
+    got = _value_and_grads(attention, q, k, v, g)
+    want = _value_and_grads(dense_attention, *(x.astype(jnp.float32) for x in (q, k, v)), g)
+    scale = max(1.0, max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want)))
+    assert _max_error(got, want) < 4e-2 * scale
