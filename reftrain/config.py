@@ -14,6 +14,8 @@ from dataclasses import dataclass
 REMAT_POLICIES = ("full", "save_dots", "none")
 # Built in; `reftrain.layers.register_attention` adds others (hloscope's paper reproduction).
 ATTENTION_IMPLS = ("auto", "dense", "blockwise")
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # reftrain.attention._kernels.KERNELS
+SEQUENCE_LAYOUTS = ("contiguous", "zigzag")  # reftrain.attention._fused.LAYOUTS
 DTYPES = ("float32", "bfloat16")
 
 
@@ -79,6 +81,10 @@ class ModelConfig:
     compute_dtype: str = "bfloat16"
     remat_policy: str = "full"
     attention_impl: str = "auto"
+    # Block kernel: "auto" is cuDNN's fused attention on an NVIDIA GPU, our XLA loops elsewhere.
+    attention_kernel: str = "auto"
+    # "zigzag" gives device i the sequence chunks i and 2*sp-1-i, balancing causal ring work.
+    sequence_layout: str = "contiguous"
     q_chunk: int = 2048
     kv_chunk: int = 4096
     loss_chunk: int = 2048
@@ -95,6 +101,8 @@ class ModelConfig:
             ("param_dtype", DTYPES),
             ("compute_dtype", DTYPES),
             ("remat_policy", REMAT_POLICIES),
+            ("attention_kernel", ATTENTION_KERNELS),
+            ("sequence_layout", SEQUENCE_LAYOUTS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from reftrain.attention import blockwise_attention, dense_attention, ring_attention
+from reftrain.attention._kernels import resolve_kernel
 from reftrain.config import ATTENTION_IMPLS, ModelConfig
 from reftrain.rope import apply_rope
 from reftrain.sharding import activation_spec, heads_spec
@@ -71,10 +72,12 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
         raise ValueError(f"unknown attention_impl {impl!r}; known: {known}")
     if impl in EXTRA_ATTENTION and mesh is None:
         raise ValueError(f"attention_impl {impl!r} needs a mesh")
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    kernel = resolve_kernel(config.attention_kernel, platform)
     if mesh is None:
         if impl == "blockwise":
             chunks = (fit_chunk(config.q_chunk, q.shape[1]), fit_chunk(config.kv_chunk, q.shape[1]))
-            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=chunks[0], kv_chunk=chunks[1])
+            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=chunks[0], kv_chunk=chunks[1], kernel=kernel)
         return dense_attention(q, k, v, segment_ids=segment_ids)
 
     sp = mesh.shape["sp"]
@@ -95,8 +98,9 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
         if impl == "dense" and sp == 1:
             return dense_attention(q, k, v, segment_ids=segment_ids)
         if sp == 1:
-            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk)
-        return ring_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp")
+            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel=kernel)
+        return ring_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp",
+                              kernel=kernel, layout=config.sequence_layout)
 
     return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, segment_spec), out_specs=spec)(
         q, k, v, segment_ids

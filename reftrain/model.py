@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -26,7 +27,9 @@ from reftrain.config import ModelConfig
 from reftrain.layers import DecoderLayer, RMSNorm, constrain
 from reftrain.loss import cross_entropy_sums
 from reftrain.rope import rope_tables
-from reftrain.sharding import ParamReport, batch_spec, check_divisible, param_report, param_shardings
+from reftrain.sharding import (
+    ParamReport, batch_spec, check_divisible, param_report, param_shardings, zigzag_permutation,
+)
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -121,13 +124,30 @@ def lm_head_kernel(config: ModelConfig, params) -> jax.Array:
     return params["lm_head"]["kernel"]
 
 
+def sequence_order(config: ModelConfig, mesh: Mesh | None, seq_len: int) -> np.ndarray | None:
+    """The token order the model runs in: None for the natural one, or the zigzag permutation
+    (`reftrain.sharding.zigzag_permutation`) when `config.sequence_layout` asks for it and the
+    sequence is split over sp > 1 devices."""
+    if config.sequence_layout != "zigzag" or mesh is None or mesh.shape["sp"] == 1:
+        return None
+    return zigzag_permutation(seq_len, mesh.shape["sp"])
+
+
+def _reordered(order: np.ndarray | None, *arrays):
+    """Puts `[B, T, ...]` arrays into the model's token order (a no-op for the natural one)."""
+    return arrays if order is None else tuple(jnp.take(x, order, axis=1) for x in arrays)
+
+
 def hidden_states(config, params, tokens, *, positions=None, segment_ids=None, mesh=None) -> jax.Array:
-    """Returns final-normed hidden states `[B, T, D]` in the compute dtype.
+    """Returns final-normed hidden states `[B, T, D]` in the compute dtype, in the model's
+    token order (`sequence_order`: zigzag when configured, so that loss_fn reorders targets).
 
     tokens, positions, segment_ids: int32 `[B, T]`; positions default to 0..T-1 and restart
-    per packed document; segment_ids default to one document (0 marks padding).
+    per packed document; segment_ids default to one document (0 marks padding). Positions
+    (for RoPE) and the causal mask always use each token's true place in the sequence.
     """
     tokens, positions, segment_ids = _inputs(tokens, positions, segment_ids)
+    tokens, positions, segment_ids = _reordered(sequence_order(config, mesh, tokens.shape[1]), tokens, positions, segment_ids)
     if mesh is not None:
         check_divisible(tokens.shape, mesh)
         tokens, positions, segment_ids = (
@@ -139,6 +159,9 @@ def hidden_states(config, params, tokens, *, positions=None, segment_ids=None, m
 def forward(config, params, tokens, *, positions=None, segment_ids=None, mesh=None) -> jax.Array:
     """Returns float32 logits `[B, T, V]` (whole: for evaluation and tests, not long training)."""
     hidden = hidden_states(config, params, tokens, positions=positions, segment_ids=segment_ids, mesh=mesh)
+    order = sequence_order(config, mesh, hidden.shape[1])
+    if order is not None:
+        (hidden,) = _reordered(np.argsort(order), hidden)
     kernel = lm_head_kernel(config, params).astype(hidden.dtype)
     return jnp.einsum("btd,dv->btv", hidden, kernel, preferred_element_type=jnp.float32)
 
@@ -153,6 +176,9 @@ def loss_fn(config, params, batch: dict, *, mesh=None) -> tuple[jax.Array, dict[
         config, params, batch["tokens"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids"), mesh=mesh
     )
     kernel = lm_head_kernel(config, params).astype(hidden.dtype)
-    targets = jnp.asarray(batch["targets"], jnp.int32)
-    nll_sum, count = cross_entropy_sums(hidden, kernel, targets, batch["loss_mask"], chunk=config.loss_chunk, mesh=mesh)
+    # Targets are each token's next token in the natural order, computed before any reordering.
+    targets, loss_mask = _reordered(
+        sequence_order(config, mesh, hidden.shape[1]), jnp.asarray(batch["targets"], jnp.int32), jnp.asarray(batch["loss_mask"])
+    )
+    nll_sum, count = cross_entropy_sums(hidden, kernel, targets, loss_mask, chunk=config.loss_chunk, mesh=mesh)
     return nll_sum / jnp.maximum(count, 1.0), {"nll_sum": nll_sum, "tokens": count}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reftrain.config import ModelConfig
+from reftrain.config import SEQUENCE_LAYOUTS, ModelConfig
 from reftrain.files import atomic_write_bytes
 
 SCHEMA = "hloscope.plan/1"
@@ -33,6 +33,7 @@ class Plan:
     q_chunk: int
     kv_chunk: int
     remat_policy: str
+    sequence_layout: str = "contiguous"  # "zigzag" balances causal ring attention (sp > 1)
     target: dict[str, Any] = field(default_factory=dict)  # device kind, count, memory budget
     predicted: dict[str, Any] = field(default_factory=dict)  # figure name -> bytes per device
     versions: dict[str, str] = field(default_factory=dict)
@@ -58,6 +59,7 @@ def default_plan(config: ModelConfig, seq_len: int, devices: int) -> Plan:
         q_chunk=min(config.q_chunk, local),
         kv_chunk=min(config.kv_chunk, local),
         remat_policy=config.remat_policy,
+        sequence_layout=config.sequence_layout,
     )
 
 
@@ -72,6 +74,8 @@ def plan_from_dict(raw: dict[str, Any]) -> Plan:
         raise PlanError(f"plan file is missing fields: {e}") from None
     if set(plan.mesh) != set(MESH_AXES) or not all(isinstance(v, int) and v >= 1 for v in plan.mesh.values()):
         raise PlanError(f"plan mesh must give positive integer sizes for {', '.join(MESH_AXES)}, got {plan.mesh}")
+    if plan.sequence_layout not in SEQUENCE_LAYOUTS:
+        raise PlanError(f"plan sequence_layout must be one of {', '.join(SEQUENCE_LAYOUTS)}, got {plan.sequence_layout!r}")
     return plan
 
 
@@ -93,7 +97,8 @@ def apply_plan(plan: Plan, config: ModelConfig, available_devices: int) -> Model
         raise PlanError(f"plan was made for model {plan.model!r}, this run trains {config.name!r}")
     if plan.devices > available_devices:
         raise PlanError(f"plan mesh {plan.mesh} needs {plan.devices} devices, this machine has {available_devices}")
-    return config.replace(q_chunk=plan.q_chunk, kv_chunk=plan.kv_chunk, remat_policy=plan.remat_policy)
+    return config.replace(q_chunk=plan.q_chunk, kv_chunk=plan.kv_chunk, remat_policy=plan.remat_policy,
+                          sequence_layout=plan.sequence_layout)
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:

@@ -69,9 +69,14 @@ def _assert_trees_close(a, b, rtol):
         assert np.abs(x - y).max() <= rtol * scale, f"{jax.tree_util.keystr(path)}: {np.abs(x - y).max()} vs {scale}"
 
 
-@pytest.mark.parametrize("axes", [{"sp": 8}, {"sp": 4, "fsdp": 2}, {"sp": 2, "fsdp": 2, "tp": 2}, {"dp": 2, "tp": 2, "sp": 2}])
-def test_sharded_path_matches_single_device(reference, axes):
+@pytest.mark.parametrize("axes, layout", [
+    ({"sp": 8}, "contiguous"), ({"sp": 4, "fsdp": 2}, "contiguous"), ({"sp": 2, "fsdp": 2, "tp": 2}, "contiguous"),
+    ({"dp": 2, "tp": 2, "sp": 2}, "contiguous"), ({"sp": 8}, "zigzag"), ({"sp": 2, "fsdp": 2, "tp": 2}, "zigzag"),
+])
+def test_sharded_path_matches_single_device(reference, axes, layout):
+    """The ring (in either sequence layout) gives the single-device logits, loss and grads."""
     config, params, batch, logits, loss, grads = reference
+    config = config.replace(sequence_layout=layout)
     mesh = make_mesh(**axes)
     sharded = jax.device_put(params, param_shardings(params, mesh))
 
