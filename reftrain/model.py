@@ -85,9 +85,9 @@ def _inputs(tokens, positions, segment_ids):
         raise ValueError(f"tokens must be [batch, len], got shape {tokens.shape}")
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    if segment_ids is None:
-        segment_ids = jnp.ones_like(tokens)
-    return tokens, jnp.asarray(positions, jnp.int32), jnp.asarray(segment_ids, jnp.int32)
+    if segment_ids is not None:  # None: one document per row, no document mask
+        segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    return tokens, jnp.asarray(positions, jnp.int32), segment_ids
 
 
 def param_initializer(config: ModelConfig):
@@ -134,8 +134,8 @@ def sequence_order(config: ModelConfig, mesh: Mesh | None, seq_len: int) -> np.n
 
 
 def _reordered(order: np.ndarray | None, *arrays):
-    """Puts `[B, T, ...]` arrays into the model's token order (a no-op for the natural one)."""
-    return arrays if order is None else tuple(jnp.take(x, order, axis=1) for x in arrays)
+    """Puts `[B, T, ...]` arrays (or None) into the model's token order (a no-op for the natural one)."""
+    return arrays if order is None else tuple(None if x is None else jnp.take(x, order, axis=1) for x in arrays)
 
 
 def hidden_states(config, params, tokens, *, positions=None, segment_ids=None, mesh=None) -> jax.Array:
@@ -151,7 +151,8 @@ def hidden_states(config, params, tokens, *, positions=None, segment_ids=None, m
     if mesh is not None:
         check_divisible(tokens.shape, mesh)
         tokens, positions, segment_ids = (
-            jax.lax.with_sharding_constraint(x, NamedSharding(mesh, batch_spec())) for x in (tokens, positions, segment_ids)
+            None if x is None else jax.lax.with_sharding_constraint(x, NamedSharding(mesh, batch_spec()))
+            for x in (tokens, positions, segment_ids)
         )
     return Mistral(config, mesh).apply({"params": params}, tokens, positions, segment_ids)
 

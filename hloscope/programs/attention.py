@@ -8,6 +8,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hloscope.programs._registry import AttentionShape, Program, register
 from reftrain.attention import ring_attention
+from reftrain.attention._kernels import resolve_kernel
 
 
 def sequence_sharded_inputs(mesh: Mesh, shape: AttentionShape, kv_heads: int) -> list[jax.ShapeDtypeStruct]:
@@ -36,9 +37,13 @@ def build(mesh: Mesh, shape: AttentionShape):
     """Returns (grad of sum(attention) wrt q, k, v; abstract q, k, v, segment_ids)."""
     spec = P(None, "sp")
 
+    # The kernel reftrain would pick on these devices (cuDNN for a GPU target, compiled or not).
+    kernel = resolve_kernel("auto", mesh.devices.flat[0].platform)
+
     def local(q, k, v, segment_ids):
         return ring_attention(
-            q, k, v, segment_ids=segment_ids, q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, axis_name="sp"
+            q, k, v, segment_ids=segment_ids, q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, axis_name="sp",
+            kernel=kernel,
         )
 
     segment_ids = jax.ShapeDtypeStruct((shape.batch, shape.seq), jnp.int32, sharding=NamedSharding(mesh, spec))

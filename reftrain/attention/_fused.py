@@ -14,7 +14,8 @@ log-sum-exp, so a fused kernel runs at full size. It supports two sequence layou
 
 Visibility that depends on the device index is a loop of 0 or 1 trips, not `lax.cond`
 (see `_chunked._visible_chunks` for why). Segment ids (document masks) are not supported
-here: `_ring` handles them with our XLA loops.
+here except on a single device (`blockwise_attention`), where the kernel takes them whole
+(cuDNN's packed-sequence mode); across a ring `_ring` handles them with our XLA loops.
 """
 
 from __future__ import annotations
@@ -79,9 +80,14 @@ def _split_merge(acc_a, acc_b, block):
     return _merge(acc_a, (out_a, lse_a)), _merge(acc_b, (out_b, lse_b))
 
 
-def _forward(spec: FusedSpec, q, k, v):
-    """Returns (out in q's dtype, lse float32 `[B, L, Hq]`)."""
+def _forward(spec: FusedSpec, q, k, v, segment_ids=None):
+    """Returns (out in q's dtype, lse float32 `[B, L, Hq]`, or the kernel's own statistics
+    with documents)."""
     kern, scale, n = spec.kernel_fns(), spec.scale, spec.size()
+    if segment_ids is not None:
+        if n != 1 or spec.layout != "contiguous":
+            raise ValueError("the fused ring takes segment ids on a single contiguous device only")
+        return kern.forward(q, k, v, True, scale, segment_ids)
     r = spec.index()
     full = lambda q, k, v: kern.forward(q, k, v, False, scale)
     causal = lambda q, k, v: kern.forward(q, k, v, True, scale)
@@ -122,10 +128,12 @@ def _forward(spec: FusedSpec, q, k, v):
     return out.astype(q.dtype), lse
 
 
-def _backward(spec: FusedSpec, q, k, v, out, lse, d_out):
+def _backward(spec: FusedSpec, q, k, v, out, lse, d_out, segment_ids=None):
     kern, scale, n = spec.kernel_fns(), spec.scale, spec.size()
     r = spec.index()
     f32 = lambda *xs: tuple(x.astype(jnp.float32) for x in xs)
+    if segment_ids is not None:
+        return kern.backward(q, k, v, out, lse, d_out, True, scale, segment_ids)
 
     def grads(q, k, v, out, lse, d_out, causal):
         return f32(*kern.backward(q, k, v, out, lse, d_out, causal, scale))
@@ -187,20 +195,20 @@ def _backward(spec: FusedSpec, q, k, v, out, lse, d_out):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def fused_ring_attention(spec: FusedSpec, q, k, v):
+def fused_ring_attention(spec: FusedSpec, q, k, v, segment_ids=None):
     """Causal attention of the local shards (see the module docstring for the layouts)."""
-    return _forward(spec, q, k, v)[0]
+    return _forward(spec, q, k, v, segment_ids)[0]
 
 
-def _fwd(spec, q, k, v):
-    out, lse = _forward(spec, q, k, v)
-    return out, (q, k, v, out, lse)
+def _fwd(spec, q, k, v, segment_ids=None):
+    out, lse = _forward(spec, q, k, v, segment_ids)
+    return out, (q, k, v, segment_ids, out, lse)
 
 
 def _bwd(spec, residuals, d_out):
-    q, k, v, out, lse = residuals
-    dq, dk, dv = _backward(spec, q, k, v, out, lse, d_out)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    q, k, v, segment_ids, out, lse = residuals
+    dq, dk, dv = _backward(spec, q, k, v, out, lse, d_out, segment_ids)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 fused_ring_attention.defvjp(_fwd, _bwd)

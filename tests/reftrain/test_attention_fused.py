@@ -146,3 +146,37 @@ def test_cudnn_fused_attention_equals_dense(layout):
     want = _value_and_grads(dense_attention, *(x.astype(jnp.float32) for x in (q, k, v)), g)
     scale = max(1.0, max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want)))
     assert _max_error(got, want) < 4e-2 * scale
+
+
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=6), max_documents=st.integers(1, 8))
+def test_packed_documents_match_runs(lengths, max_documents):
+    """cuDNN's seqlen/offsets are the runs of equal ids, -1 past the last, overflow flagged."""
+    from reftrain.attention._kernels import packed_documents
+
+    ids = np.repeat(np.arange(len(lengths)) % 2 + 1, lengths)[None]  # adjacent runs differ
+    seqlen, offsets, overflow = packed_documents(jnp.asarray(ids), max_documents)
+    used = min(len(lengths), max_documents)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    want_lengths = list(lengths[: used - 1]) + [int(sum(lengths[used - 1:]))]
+    assert seqlen[0, :used].tolist() == want_lengths
+    assert offsets[0, :used].tolist() == starts[:used].tolist()
+    assert np.all(np.asarray(seqlen[0, used:]) == -1) and np.all(np.asarray(offsets[0, used:]) == -1)
+    assert bool(overflow[0]) == (len(lengths) > max_documents)
+
+
+@on_gpu
+@pytest.mark.parametrize("heads", [(8, 8), (8, 2)])
+def test_cudnn_documents_equal_dense(heads):
+    """blockwise_attention(kernel="cudnn") with segment ids (cuDNN packed mode) against dense,
+    on every token that is not padding (padding is its own document there)."""
+    q, k, v, g = _qkv(2, 2048, *heads, 128, jnp.bfloat16)
+    ids = jnp.asarray(np.repeat([1, 2, 3, 4, 0], [300, 700, 512, 400, 136])[None], jnp.int32)
+    real = (ids != 0)[..., None, None]
+    g = jnp.where(real, g, 0)
+    attention = lambda q, k, v: jnp.where(real, blockwise_attention(
+        q, k, v, segment_ids=ids, q_chunk=512, kv_chunk=512, kernel="cudnn"), 0)
+    got = _value_and_grads(attention, q, k, v, g)
+    want = _value_and_grads(lambda q, k, v: dense_attention(q, k, v, segment_ids=ids),
+                            *(x.astype(jnp.float32) for x in (q, k, v)), g)
+    scale = max(1.0, max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want)))
+    assert _max_error(got, want) < 4e-2 * scale

@@ -1,0 +1,163 @@
+"""Training-step throughput on one GPU: tokens/s and MFU of a Mistral-shaped model.
+
+    XLA_PYTHON_CLIENT_PREALLOCATE=false python analyses/bench_train.py [--layers 8] [--lengths 32768 65536]
+
+The model is Mistral-7B's width (hidden 4096, 32/8 heads, MLP 14336, vocabulary 32,000) with
+fewer layers so that parameters, gradients and AdamW state fit one GPU. Each (length, remat,
+documents) case runs in its own process: a jitted, donated step (reftrain.model.loss_fn, its
+gradient, AdamW) on a one-device mesh, so attention is reftrain's `blockwise_attention` with
+the kernel `auto` picks (cuDNN on a GPU). MFU counts model FLOPs (matmuls plus causal
+attention, no rematerialisation: reftrain.train.metrics) against the device's bf16 dense peak
+(989 TFLOP/s for an H100 SXM). Where the rest goes: the AdamW update is also timed alone,
+and attention's share of the model FLOPs is reported beside each step.
+Writes <out-dir>/bench_train.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _timed(fn, *args, runs: int = 5):
+    import jax
+    import numpy as np
+
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        out = fn(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)), out
+
+
+def _run_one(case: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from reftrain import model
+    from reftrain.config import get_config
+    from reftrain.sharding import make_mesh
+    from reftrain.train import metrics
+
+    length, layers = case["length"], case["layers"]
+    config = get_config("mistral-7b").replace(
+        num_layers=layers, remat_policy=case["remat"], attention_kernel=case["kernel"], rope_theta=75e6
+    )
+    mesh = make_mesh(devices=jax.devices()[:1])
+    params = model.init_params(config, jax.random.key(0), mesh=mesh)
+    optimizer = optax.adamw(1e-5, b1=0.9, b2=0.95)
+    opt_state = jax.jit(optimizer.init)(params)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.vocab_size, (1, length))
+    batch = {
+        "tokens": jnp.asarray(tokens, jnp.int32),
+        "targets": jnp.asarray(np.roll(tokens, -1, axis=1), jnp.int32),
+        "loss_mask": jnp.ones((1, length), jnp.float32),
+    }
+    if case["documents"]:  # packed documents of 2K-16K tokens, positions restarting per document
+        lengths, left = [], length
+        while left:
+            lengths.append(min(left, int(rng.integers(1, 9)) * 2048))
+            left -= lengths[-1]
+        batch["segment_ids"] = jnp.asarray(np.repeat(np.arange(1, len(lengths) + 1), lengths)[None], jnp.int32)
+        batch["positions"] = jnp.asarray(np.concatenate([np.arange(n) for n in lengths])[None], jnp.int32)
+
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(lambda p: model.loss_fn(config, p, batch, mesh=mesh)[0])(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    train = jax.jit(step, donate_argnums=(0, 1))
+    state = [params, opt_state]
+
+    def run(batch):
+        state[0], state[1], loss = train(state[0], state[1], batch)
+        return loss
+
+    seconds, loss = _timed(run, batch, runs=case["steps"])
+    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    update = jax.jit(lambda p, s: optimizer.update(jax.tree.map(jnp.zeros_like, p), s, p)[0])
+    update_s, _ = _timed(update, state[0], state[1])
+    tokens_per_s = length / seconds
+    peak_flops = metrics.peak_flops(jax.devices()[0])
+    per_token = metrics.train_flops_per_token(config, length)
+    attention_share = 6.0 * config.num_layers * config.num_q_heads * config.head_dim * length / per_token
+    return {
+        **case, "step_s": seconds, "tokens_per_s": tokens_per_s, "loss": float(loss),
+        "mfu": metrics.mfu(config, length, tokens_per_s, 1, peak_flops),
+        "model_tflops_per_s": per_token * tokens_per_s / 1e12, "attention_flops_share": attention_share,
+        "adamw_update_s": update_s, "peak_bytes": peak, "parameters": int(sum(x.size for x in jax.tree.leaves(state[0]))),
+        "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536])
+    parser.add_argument("--remat", nargs="+", default=["full", "save_dots"])
+    parser.add_argument("--documents", nargs="+", type=int, default=[0, 1], help="1: packed documents (segment ids)")
+    parser.add_argument("--kernel", default="auto", choices=["auto", "xla", "cudnn"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--name", default="bench_train")
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(_run_one(json.loads(args.one))))
+        return 0
+    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") != "false":
+        print("set XLA_PYTHON_CLIENT_PREALLOCATE=false: peak memory is meaningless with a preallocated pool", file=sys.stderr)
+        return 2
+    from reftrain.files import atomic_write_bytes
+
+    rows = []
+    for length in args.lengths:
+        for remat in args.remat:
+            for documents in args.documents:
+                case = {"length": length, "layers": args.layers, "remat": remat, "documents": bool(documents),
+                        "kernel": args.kernel, "steps": args.steps}
+                try:
+                    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)],
+                                          capture_output=True, text=True, timeout=args.timeout)
+                    if done.returncode:
+                        tail = [line for line in done.stderr.strip().splitlines() if line.strip()]
+                        row = {**case, "error": tail[-1][:300] if tail else f"exit {done.returncode}"}
+                    else:
+                        row = json.loads(done.stdout.strip().splitlines()[-1])
+                except subprocess.TimeoutExpired:
+                    row = {**case, "error": f"timed out after {args.timeout:.0f} s"}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    lines = ["| tokens | layers | remat | documents | step s | tokens/s | MFU | attention FLOPs | AdamW s | peak GiB |",
+             "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['length']:,} | {r['layers']} | {r['remat']} | {r['documents']} | failed: {r['error'][:90]} | | | | | |")
+            continue
+        lines.append(f"| {r['length']:,} | {r['layers']} | {r['remat']} | {r['documents']} | {r['step_s']:.3f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['attention_flops_share']:.0%} | "
+                     f"{r['adamw_update_s']:.3f} | {r['peak_bytes'] / 2**30:.1f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    atomic_write_bytes(args.out_dir / f"{args.name}.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
+    atomic_write_bytes(args.out_dir / f"{args.name}.md", table.encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
