@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = {**case, "error": f"timed out after {args.timeout:.0f} s"}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                atomic_write_bytes(args.out_dir / f"{args.name}.partial.json", json.dumps({"rows": rows}).encode())
     lines = ["| tokens | layers | remat | documents | step s | tokens/s | MFU | attention FLOPs | AdamW s | peak GiB |",
              "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     atomic_write_bytes(args.out_dir / f"{args.name}.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
     atomic_write_bytes(args.out_dir / f"{args.name}.md", table.encode())
+    (args.out_dir / f"{args.name}.partial.json").unlink(missing_ok=True)
     return 0
 
 
