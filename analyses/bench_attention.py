@@ -7,7 +7,8 @@ without document masks (segment ids), each implementation runs in its own proces
 `peak_bytes_in_use` is that implementation's alone:
 
 * ours: `blockwise_attention(kernel="auto")`, what reftrain runs (on a GPU: one cuDNN fused
-  call per shard pair through our ring driver; with segment ids: our XLA loops);
+  call per shard pair through our ring driver; with segment ids, cuDNN's packed mode compiled
+  for `max_documents` = the row's document count, as the cuDNN baseline is);
 * cudnn: `jax.nn.dot_product_attention(implementation="cudnn", is_causal=True)`; with segment
   ids, cuDNN's packed-sequence mode (jax's cuDNN API with q/kv offsets);
 * xla: `blockwise_attention(kernel="xla")`, our chunked loops at q/kv chunks 2048/4096.
@@ -74,7 +75,8 @@ def _run_one(case: dict) -> dict:
     else:
         kernel = "auto" if impl == "ours" else "xla"
         attention = lambda q, k, v: blockwise_attention(
-            q, k, v, segment_ids=segment_ids, q_chunk=2048, kv_chunk=4096, kernel=kernel
+            q, k, v, segment_ids=segment_ids, q_chunk=2048, kv_chunk=4096, kernel=kernel,
+            max_documents=len(docs) if docs else 16,
         )
 
     def loss(q, k, v):

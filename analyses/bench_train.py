@@ -74,6 +74,9 @@ def _run_one(case: dict) -> dict:
             left -= lengths[-1]
         batch["segment_ids"] = jnp.asarray(np.repeat(np.arange(1, len(lengths) + 1), lengths)[None], jnp.int32)
         batch["positions"] = jnp.asarray(np.concatenate([np.arange(n) for n in lengths])[None], jnp.int32)
+        # cuDNN's packed mode is compiled for a document count; its memory grows with it.
+        config = config.replace(max_documents=len(lengths))
+        case["documents_in_row"] = len(lengths)
 
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(lambda p: model.loss_fn(config, p, batch, mesh=mesh)[0])(params)

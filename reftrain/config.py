@@ -85,6 +85,8 @@ class ModelConfig:
     attention_kernel: str = "auto"
     # "zigzag" gives device i the sequence chunks i and 2*sp-1-i, balancing causal ring work.
     sequence_layout: str = "contiguous"
+    # cuDNN packed mode (documents on one device): most documents per sequence; memory grows with it.
+    max_documents: int = 16
     q_chunk: int = 2048
     kv_chunk: int = 4096
     loss_chunk: int = 2048
@@ -108,7 +110,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.mlp_chunk < 0:
             raise ValueError(f"mlp_chunk must be >= 0, got {self.mlp_chunk}")
-        for name in ("q_chunk", "kv_chunk", "loss_chunk"):
+        for name in ("q_chunk", "kv_chunk", "loss_chunk", "max_documents"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -77,7 +77,8 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
     if mesh is None:
         if impl == "blockwise":
             chunks = (fit_chunk(config.q_chunk, q.shape[1]), fit_chunk(config.kv_chunk, q.shape[1]))
-            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=chunks[0], kv_chunk=chunks[1], kernel=kernel)
+            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=chunks[0], kv_chunk=chunks[1], kernel=kernel,
+                                       max_documents=config.max_documents)
         return dense_attention(q, k, v, segment_ids=segment_ids)
 
     sp = mesh.shape["sp"]
@@ -98,7 +99,8 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
         if impl == "dense" and sp == 1:
             return dense_attention(q, k, v, segment_ids=segment_ids)
         if sp == 1:
-            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel=kernel)
+            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel=kernel,
+                                       max_documents=config.max_documents)
         return ring_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp",
                               kernel=kernel, layout=config.sequence_layout)
 

@@ -42,6 +42,7 @@ class FusedSpec(NamedTuple):
     kv_chunk: int
     scale: float
     axis_name: Hashable | None
+    max_documents: int = 16  # cuDNN packed mode: documents per sequence (static; memory grows with it)
 
     def size(self) -> int:
         return 1 if self.axis_name is None else lax.axis_size(self.axis_name)
@@ -56,7 +57,7 @@ class FusedSpec(NamedTuple):
         return jax.tree.map(lambda x: lax.ppermute(x, self.axis_name, [(i, (i + 1) % n) for i in range(n)]), tree)
 
     def kernel_fns(self):
-        return get_kernel(self.kernel, self.q_chunk, self.kv_chunk)
+        return get_kernel(self.kernel, self.q_chunk, self.kv_chunk, self.max_documents)
 
 
 def _when(flag: jax.Array, fn, acc):

@@ -130,7 +130,7 @@ def _attention_bwd(ring: _Ring, residuals, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout) -> jax.Array:
+def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents) -> jax.Array:
     """Runs the fused-kernel ring when the kernel is cuDNN (with document masks: on one device
     only), our chunked XLA loops otherwise."""
     check_shapes(q, k, v, segment_ids)
@@ -143,7 +143,7 @@ def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel
     scale = q.shape[3] ** -0.5
     single_device = axis_name is None or lax.axis_size(axis_name) == 1
     if kernel == "cudnn" and causal and (segment_ids is None or single_device):
-        spec = FusedSpec(kernel, layout, int(q_chunk), int(kv_chunk), scale, axis_name)
+        spec = FusedSpec(kernel, layout, int(q_chunk), int(kv_chunk), scale, axis_name, int(max_documents))
         return fused_ring_attention(spec, q, k, v, None if segment_ids is None else segment_ids.astype(jnp.int32))
     chunking = Chunking(bool(causal), int(q_chunk), int(kv_chunk), scale)
     return _attention(_Ring(chunking, axis_name, layout), q, k, v, default_segment_ids(q, segment_ids))
@@ -159,6 +159,7 @@ def blockwise_attention(
     q_chunk: int,
     kv_chunk: int,
     kernel: str = "auto",
+    max_documents: int = 16,
 ) -> jax.Array:
     """Returns attention `[batch, len, q_heads, head_dim]` computed in Q x KV chunks.
 
@@ -166,8 +167,10 @@ def blockwise_attention(
     Softmax statistics are float32. Raises ValueError if a chunk size does not divide `len`.
     `kernel`: "xla" (our chunked loops), "cudnn" (one fused cuDNN call; GPU only, used when
     segment_ids is None and causal), or "auto" (cuDNN on a GPU backend, else xla).
+    `max_documents`: with cuDNN and segment_ids, the most documents a row may hold (cuDNN's
+    packed mode is compiled for it; its memory grows with it; a row with more is NaN).
     """
-    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, None, kernel, "contiguous")
+    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, None, kernel, "contiguous", max_documents)
 
 
 def ring_attention(
@@ -182,6 +185,7 @@ def ring_attention(
     axis_name: Hashable,
     kernel: str = "auto",
     layout: str = "contiguous",
+    max_documents: int = 16,
 ) -> jax.Array:
     """Returns this device's shard of attention `[batch, local_len, q_heads, head_dim]`.
 
@@ -192,4 +196,4 @@ def ring_attention(
     2N-1-i (of length local_len/2), which balances the causal work (`reftrain.sharding
     .zigzag_order` permutes a sequence into that order). `kernel` as in blockwise_attention.
     """
-    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout)
+    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents)
