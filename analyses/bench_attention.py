@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536, 131072])
     parser.add_argument("--kv-heads", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--segments", nargs="+", type=int, default=[0, 1], choices=[0, 1],
+                        help="0: one document per row, 1: packed documents (segment ids)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--name", default="bench_attention")
     parser.add_argument("--timeout", type=float, default=240)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for length in args.lengths:
         for kv_heads in args.kv_heads:
-            for segments in (False, True):
+            for segments in (bool(s) for s in args.segments):
                 for impl in args.impls:
                     case = {"length": length, "kv_heads": kv_heads, "segments": segments, "impl": impl}
                     try:

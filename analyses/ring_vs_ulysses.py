@@ -242,7 +242,9 @@ def lower_ulysses(devices, *, seq: int, q_chunk: int, kv_chunk: int, q_heads: in
         to_heads = lambda x: lax.all_to_all(x, "sp", 2, 1, tiled=True)  # [B, S/n, H, D] -> [B, S, H/n, D]
         q, k, v = to_heads(q), to_heads(k), to_heads(v)
         segment_ids = lax.all_gather(segment_ids, "sp", axis=1, tiled=True)
-        out = blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk)
+        # Our XLA loops, as the ring runs them with document masks over several devices (cuDNN's
+        # fused kernel would make the two working sets incomparable).
+        out = blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel="xla")
         return lax.all_to_all(out, "sp", 1, 2, tiled=True)
 
     def loss(q, k, v, segment_ids):

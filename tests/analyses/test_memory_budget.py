@@ -1,5 +1,6 @@
-"""analyses/memory_budget.py: the --quick run (tiny preset, two deviceless train-step compiles)
-split exactly, against independently computed parameter bytes, and the pure helpers."""
+"""analyses/memory_budget.py: the --quick run (tiny preset, one deviceless train-step compile)
+split exactly, against independently computed parameter bytes; the committed full run (three
+lengths of Mistral-7B) against the same checks and monotone in length; the pure helpers."""
 
 from __future__ import annotations
 
@@ -74,6 +75,20 @@ def test_mistral_parameters_and_saved_inputs():
     assert expected["Adam m, v"][0] == 2 * MISTRAL_BYTES_PER_DEVICE
 
 
+@settings(max_examples=20, deadline=None)
+@given(log_seq=st.integers(17, 21))
+def test_expected_activations_grow_with_length(log_seq):
+    from reftrain.config import PRESETS
+
+    config = PRESETS["mistral-7b"]
+    short = mb.expected_parts(config, 2**log_seq, 8, 1, 2048, 2048)
+    long = mb.expected_parts(config, 2**(log_seq + 1), 8, 1, 2048, 2048)
+    for part in ("saved layer inputs", "loss", "layer activations (recomputed layer)", "attention working set"):
+        assert long[part][0] > short[part][0], part
+    assert long["saved layer inputs"][0] == 2 * short["saved layer inputs"][0]
+    assert long["Adam m, v"] == short["Adam m, v"]
+
+
 def _check_rows(rows, param_bytes):
     for row in rows:
         assert sum(row["parts"].values()) == row["xla_total"]  # exactly
@@ -95,10 +110,10 @@ def test_quick_run(analysis):
     data, stdout = analysis("memory_budget", timeout=240)
     assert "parts of XLA's per-device total" in stdout and "Paper (section 4.4, Appendix A) vs ours" in stdout
     rows = data["rows"]
-    assert [r["seq"] for r in rows] == [16_384, 32_768] and rows[0]["model"] == "tiny"
+    assert [r["seq"] for r in rows] == [32_768] and rows[0]["model"] == "tiny"
     _check_rows(rows, tiny_bytes_per_device())
     # The tiny step's saved layer inputs: 2 layers x L x 256 x bf16.
-    assert rows[0]["parts"]["saved layer inputs"] == 2 * (16_384 // 8) * 256 * 2
+    assert rows[0]["parts"]["saved layer inputs"] == 2 * (32_768 // 8) * 256 * 2
     # The buffers live at the simulated peak cover XLA's temp slab almost entirely.
     assert all(r["slab_covered"] / r["slab_bytes"] > 0.9 for r in rows)
     claims = {c["name"]: c for c in data["claims"]}

