@@ -64,6 +64,13 @@ TARGETS: dict[str, Target] = {
         memory_bytes=84_929_347_584,
         config_text=_config("h100_80gb.txtpb"),
     ),
+    "h200-141gb": Target(
+        name="h200-141gb",
+        platform="cuda",
+        device_kind="NVIDIA H200",
+        memory_bytes=150_754_820_096,
+        config_text=_config("h200_141gb.txtpb"),
+    ),
 }
 
 

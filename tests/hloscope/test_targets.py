@@ -26,13 +26,16 @@ def _device_info(config_text: str) -> dict[str, str]:
 
 
 def test_known_targets() -> None:
-    assert set(TARGETS) == {"cpu", "a100-80gb", "h100-80gb"}
+    assert set(TARGETS) == {"cpu", "a100-80gb", "h100-80gb", "h200-141gb"}
     cpu = get_target("cpu")
     assert (cpu.platform, cpu.memory_bytes, cpu.config_text) == ("cpu", None, None)
-    for name in ("a100-80gb", "h100-80gb"):
+    for name in ("a100-80gb", "h100-80gb", "h200-141gb"):
         target = get_target(name)
         assert target.platform == "cuda" and target.name == name
         assert target.config_text and target.memory_bytes
+        # The config's memory and device string are what XLA compiles for.
+        assert f"device_memory_size: {target.memory_bytes}" in target.config_text
+        assert f'device_description_str: "{target.device_kind}"' in target.config_text
 
 
 def test_unknown_target_lists_names() -> None:
