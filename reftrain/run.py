@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override a phase field (learning_rate, warmup_steps, stages=LENxCOUNT[xBATCH],...) "
                    "or a model field (rope_theta, rope_dtype, q_chunk, hidden_size, ...)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (resume continues)")
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: the phase's)")
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept per phase")
     p.add_argument("--seed", type=int, default=0)
@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         config = get_config(args.preset)
         phase = get_phase(args.preset, args.phase)
         phase, config = apply_overrides(phase, config, args.set)
+        if args.grad_accum is not None:  # one value for the step count and the data feed
+            if args.grad_accum < 1:
+                raise ValueError(f"--grad-accum must be >= 1, got {args.grad_accum}")
+            phase = dataclasses.replace(phase, grad_accum=args.grad_accum)
         config = config.replace(rope_theta=phase.rope_theta, rope_dtype=phase.rope_dtype)
         longest = max(stage.seq_len for stage in phase.stages)
         plan = load_plan(args.plan) if args.plan else default_plan(config, longest, jax.device_count())
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.data_spec) if args.data_spec else DEFAULT_SPEC
         run = PhaseRun(
             run_dir=args.run_dir or Path("runs") / args.preset, phase=phase, config=config, plan=plan, mesh=mesh,
-            data_spec=spec, seed=args.seed, grad_accum=args.grad_accum, save_every=args.save_every, keep=args.keep,
+            data_spec=spec, seed=args.seed, grad_accum=phase.grad_accum, save_every=args.save_every, keep=args.keep,
             max_steps=args.max_steps, init_from=args.init_from, peak_tflops=args.peak_tflops, progress=not args.no_progress,
         )
         if args.dry_run:

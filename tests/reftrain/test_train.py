@@ -1,6 +1,7 @@
 """`python -m reftrain.run`: phases chain, losses fall, SIGKILL + resume is bit-identical,
 two processes train what one does, bad plans and non-finite losses stop cleanly."""
 
+import dataclasses
 import json
 import os
 import random
@@ -84,6 +85,17 @@ def test_dry_run_shows_the_plan(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["plan"]["mesh"] == {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8} and shown["model"]["q_chunk"] == 32
     assert shown["model"]["rope_theta"] == 75e6 and shown["steps"] == get_phase("tiny", 3).steps()
+
+
+def test_grad_accum_flag_sets_the_step_count_and_the_feed(tmp_path, capsys):
+    """--grad-accum reaches the phase, so the step count and the data feed agree (it used to
+    reach only the feed, and the loop asked for steps the feed did not have)."""
+    assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path), "--dry-run", "--grad-accum", "2"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    phase = get_phase("tiny", 1)
+    assert shown["steps"] == dataclasses.replace(phase, grad_accum=2).steps() < phase.steps()
+    assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path), "--dry-run", "--grad-accum", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
