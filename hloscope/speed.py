@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from reftrain.config import ModelConfig
 
-PEAK_FLOPS = {"a100-80gb": 312e12, "h100-80gb": 989e12, "cpu": 1e11}
+PEAK_FLOPS = {"a100-80gb": 312e12, "h100-80gb": 989e12, "h200-141gb": 989e12, "cpu": 1e11}
 SUSTAINED = 0.5
 BLOCK_OVERHEAD_S = 5e-6
 
