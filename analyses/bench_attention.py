@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _isolated import run_isolated  # noqa: E402  (this folder is first on sys.path)
 
 Q_HEADS, HEAD_DIM = 32, 128
 IMPLS = ("ours", "cudnn", "xla")
@@ -170,16 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             for segments in (bool(s) for s in args.segments):
                 for impl in args.impls:
                     case = {"length": length, "kv_heads": kv_heads, "segments": segments, "impl": impl}
-                    try:
-                        done = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)],
-                                              capture_output=True, text=True, timeout=args.timeout)
-                        if done.returncode:
-                            tail = [line for line in done.stderr.strip().splitlines() if line.strip()]
-                            row = {**case, "error": tail[-1] if tail else f"exit {done.returncode}"}
-                        else:
-                            row = json.loads(done.stdout.strip().splitlines()[-1])
-                    except subprocess.TimeoutExpired:
-                        row = {**case, "error": f"timed out after {args.timeout:.0f} s"}
+                    row = run_isolated([__file__, "--one", json.dumps(case)], case, timeout=args.timeout)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     # Each case as it finishes: a run cut short keeps what it measured.

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _isolated import run_isolated  # noqa: E402  (this folder is first on sys.path)
 
 
 def _timed(fn, *args, runs: int = 5):
@@ -134,16 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             for documents in args.documents:
                 case = {"length": length, "layers": args.layers, "remat": remat, "documents": bool(documents),
                         "kernel": args.kernel, "steps": args.steps}
-                try:
-                    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)],
-                                          capture_output=True, text=True, timeout=args.timeout)
-                    if done.returncode:
-                        tail = [line for line in done.stderr.strip().splitlines() if line.strip()]
-                        row = {**case, "error": tail[-1][:300] if tail else f"exit {done.returncode}"}
-                    else:
-                        row = json.loads(done.stdout.strip().splitlines()[-1])
-                except subprocess.TimeoutExpired:
-                    row = {**case, "error": f"timed out after {args.timeout:.0f} s"}
+                row = run_isolated([__file__, "--one", json.dumps(case)], case, timeout=args.timeout)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 atomic_write_bytes(args.out_dir / f"{args.name}.partial.json", json.dumps({"rows": rows}).encode())

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _isolated import run_isolated  # noqa: E402  (this folder is first on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = "h100-80gb"
@@ -91,13 +92,11 @@ def measure(out_dir: Path, predicted_path: Path) -> int:
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()}
     rows = []
     for index, (label, program, options) in enumerate(CASES):
-        done = subprocess.run([sys.executable, __file__, "measure-one", str(index)], capture_output=True, text=True, env=env, timeout=400)
-        if done.returncode:
-            tail = [line for line in done.stderr.strip().splitlines() if line.strip()]
-            rows.append({"label": label, "error": tail[-1][:300] if tail else f"exit {done.returncode}"})
-            print(rows[-1], flush=True)
+        row = run_isolated([__file__, "measure-one", str(index)], {"label": label}, timeout=400, env=env)
+        if "error" in row:
+            rows.append(row)
+            print(row, flush=True)
             continue
-        row = json.loads(done.stdout.strip().splitlines()[-1])
         prediction = predicted[label]["figures"]["xla_total"]
         real = row["real_compile"]["xla_total"]
         row.update(predicted_xla_total=prediction,
