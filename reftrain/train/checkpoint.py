@@ -3,17 +3,23 @@
 A checkpoint holds the train state (sharded arrays: every process writes its own shards),
 the data iterator's state and the run's RNG (JSON). orbax writes each step into a temporary
 directory and renames it when complete, so a killed run never leaves a checkpoint that
-`latest_step` would pick up; leftover temporary directories are removed on start.
+`latest_step` would pick up; leftover temporary directories are removed on start. Old steps are
+retired the same way: renamed into `TRASH` (one atomic rename) and only then deleted, because
+orbax's own deletion removes files one by one and a kill in the middle of it left a step
+directory without its items.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 from reftrain.train.state import TrainState
+
+TRASH = "retired"
 
 
 class Checkpoints:
@@ -25,9 +31,15 @@ class Checkpoints:
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
+            todelete_subdir=TRASH,
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "extra"))
+
+    def _empty_trash(self) -> None:
+        """Deletes the retired steps. Only the saving instance calls it, with no save in flight,
+        so nothing renames into the trash meanwhile (a reader of the same directory never does)."""
+        shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -35,6 +47,8 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, extra: dict[str, Any]) -> None:
         """Starts saving `state` and the JSON-serialisable `extra` as step `step` (async)."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
+        self._manager.wait_until_finished()  # orbax's save waits for the previous one anyway
+        self._empty_trash()
         self._manager.save(step, args=args, force=True)
 
     def restore(self, abstract: TrainState, step: int | None = None) -> tuple[int, TrainState, dict[str, Any]]:
@@ -52,6 +66,7 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+        self._empty_trash()
 
 
 def load_phase_params(phase_dir: Path, mesh=None, step: int | None = None):
