@@ -13,9 +13,10 @@ log-sum-exp, so a fused kernel runs at full size. It supports two sequence layou
   keys when j > r; each is (L x L/2) of work (Brandon et al. 2023 "striped"/zig-zag idea).
 
 Visibility that depends on the device index is a loop of 0 or 1 trips, not `lax.cond`
-(see `_chunked._visible_chunks` for why). Segment ids (document masks) are not supported
-here except on a single device (`blockwise_attention`), where the kernel takes them whole
-(cuDNN's packed-sequence mode); across a ring `_ring` handles them with our XLA loops.
+(see `_chunked._visible_chunks` for why). Segment ids (document masks) travel with their KV
+shard; each pair hands the kernel its own ids and the shard's (see `_kernels` for the two
+cases a kernel covers: a shard with itself, and keys that all precede the queries, which
+holds for every pair both layouts visit).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from reftrain.attention._block import merge_blocks
-from reftrain.attention._kernels import get_kernel
+from reftrain.attention._kernels import get_kernel, when
 
 LAYOUTS = ("contiguous", "zigzag")
 
@@ -60,12 +61,9 @@ class FusedSpec(NamedTuple):
         return get_kernel(self.kernel, self.q_chunk, self.kv_chunk, self.max_documents)
 
 
-def _when(flag: jax.Array, fn, acc):
-    """fn(acc) if flag else acc, as a loop of 0 or 1 trips."""
-    return lax.fori_loop(0, flag.astype(jnp.int32), lambda _, a: fn(a), acc)
-
-
-def _halves(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _halves(x: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+    if x is None:
+        return None, None
     h = x.shape[1] // 2
     return x[:, :h], x[:, h:]
 
@@ -81,41 +79,38 @@ def _split_merge(acc_a, acc_b, block):
     return _merge(acc_a, (out_a, lse_a)), _merge(acc_b, (out_b, lse_b))
 
 
-def _forward(spec: FusedSpec, q, k, v, segment_ids=None):
-    """Returns (out in q's dtype, lse float32 `[B, L, Hq]`, or the kernel's own statistics
-    with documents)."""
+def _forward(spec: FusedSpec, q, k, v, ids=None):
+    """Returns (out in q's dtype, lse float32 `[B, L, Hq]`). `ids`: segment ids `[B, L]` or None;
+    the KV shard's travel with it."""
     kern, scale, n = spec.kernel_fns(), spec.scale, spec.size()
-    if segment_ids is not None:
-        if n != 1 or spec.layout != "contiguous":
-            raise ValueError("the fused ring takes segment ids on a single contiguous device only")
-        return kern.forward(q, k, v, True, scale, segment_ids)
     r = spec.index()
-    full = lambda q, k, v: kern.forward(q, k, v, False, scale)
-    causal = lambda q, k, v: kern.forward(q, k, v, True, scale)
+    segments = lambda q_ids, kv_ids: None if ids is None else (q_ids, kv_ids)
+    full = lambda q, q_ids, k, v, kv_ids: kern.forward(q, k, v, False, scale, segments(q_ids, kv_ids))
+    causal = lambda q, k, v, ids: kern.forward(q, k, v, True, scale, segments(ids, ids))
     f32 = lambda block: (block[0].astype(jnp.float32), block[1])
-    kv = (k, v)
-    incoming = spec.rotate(kv)  # issued before step 0's compute so the transfer overlaps it
+    incoming = spec.rotate((k, v, ids))  # issued before step 0's compute so the transfer overlaps it
 
     if spec.layout == "contiguous":
         if n == 1:
-            return causal(q, k, v)
-        acc = f32(causal(q, k, v))
+            return causal(q, k, v, ids)
+        acc = f32(causal(q, k, v, ids))
 
         def fold(s, kv, acc):
-            return _when(s <= r, lambda acc: _merge(acc, full(q, *kv)), acc)
+            return when(s <= r, lambda acc: _merge(acc, full(q, ids, *kv)), acc)
     else:
-        (q_a, q_b), (k_a, k_b), (v_a, v_b) = _halves(q), _halves(k), _halves(v)
-        acc_a = f32(causal(q_a, k_a, v_a))
-        acc_b = _merge(f32(causal(q_b, k_b, v_b)), full(q_b, k_a, v_a))
+        (q_a, q_b), (k_a, k_b), (v_a, v_b), (i_a, i_b) = _halves(q), _halves(k), _halves(v), _halves(ids)
+        acc_a = f32(causal(q_a, k_a, v_a, i_a))
+        acc_b = _merge(f32(causal(q_b, k_b, v_b, i_b)), full(q_b, i_b, k_a, v_a, i_a))
         acc = (acc_a, acc_b)
         if n == 1:
             return tuple(jnp.concatenate(parts, axis=1) for parts in zip(*acc))
 
         def fold(s, kv, acc):
-            (k_a, _), (v_a, _) = _halves(kv[0]), _halves(kv[1])
+            k, v, kv_ids = kv
+            (k_a, _), (v_a, _), (j_a, _) = _halves(k), _halves(v), _halves(kv_ids)
             source = (r - s) % n
-            acc = _when(source < r, lambda acc: _split_merge(*acc, full(q, k_a, v_a)), acc)
-            return _when(source > r, lambda acc: (acc[0], _merge(acc[1], full(q_b, *kv))), acc)
+            acc = when(source < r, lambda acc: _split_merge(*acc, full(q, ids, k_a, v_a, j_a)), acc)
+            return when(source > r, lambda acc: (acc[0], _merge(acc[1], full(q_b, i_b, k, v, kv_ids))), acc)
 
     def step(s, carry):
         kv, acc = carry
@@ -129,34 +124,33 @@ def _forward(spec: FusedSpec, q, k, v, segment_ids=None):
     return out.astype(q.dtype), lse
 
 
-def _backward(spec: FusedSpec, q, k, v, out, lse, d_out, segment_ids=None):
+def _backward(spec: FusedSpec, q, k, v, out, lse, d_out, ids=None):
     kern, scale, n = spec.kernel_fns(), spec.scale, spec.size()
     r = spec.index()
     f32 = lambda *xs: tuple(x.astype(jnp.float32) for x in xs)
-    if segment_ids is not None:
-        return kern.backward(q, k, v, out, lse, d_out, True, scale, segment_ids)
 
-    def grads(q, k, v, out, lse, d_out, causal):
-        return f32(*kern.backward(q, k, v, out, lse, d_out, causal, scale))
+    def grads(q, q_ids, k, v, kv_ids, out, lse, d_out, causal):
+        segments = None if ids is None else (q_ids, kv_ids)
+        return f32(*kern.backward(q, k, v, out, lse, d_out, causal, scale, segments))
 
     if spec.layout == "contiguous":
-        dq, dk, dv = grads(q, k, v, out, lse, d_out, True)
+        dq, dk, dv = grads(q, ids, k, v, ids, out, lse, d_out, True)
         if n == 1:
             return dq, dk, dv
 
         def fold(s, kv, acc):
             def visible(acc):
                 dq, dk, dv = acc
-                dq_b, dk_b, dv_b = grads(q, *kv, out, lse, d_out, False)
+                dq_b, dk_b, dv_b = grads(q, ids, *kv, out, lse, d_out, False)
                 return dq + dq_b, dk + dk_b, dv + dv_b
 
-            return _when(s <= r, visible, acc)
+            return when(s <= r, visible, acc)
     else:
-        parts = [_halves(x) for x in (q, k, v, out, lse, d_out)]
-        (q_a, q_b), (k_a, k_b), (v_a, v_b), (o_a, o_b), (l_a, l_b), (g_a, g_b) = parts
-        dq_a, dk_a, dv_a = grads(q_a, k_a, v_a, o_a, l_a, g_a, True)
-        dq_b, dk_b, dv_b = grads(q_b, k_b, v_b, o_b, l_b, g_b, True)
-        dq_ba, dk_ba, dv_ba = grads(q_b, k_a, v_a, o_b, l_b, g_b, False)
+        parts = [_halves(x) for x in (q, k, v, out, lse, d_out, ids)]
+        (q_a, q_b), (k_a, k_b), (v_a, v_b), (o_a, o_b), (l_a, l_b), (g_a, g_b), (i_a, i_b) = parts
+        dq_a, dk_a, dv_a = grads(q_a, i_a, k_a, v_a, i_a, o_a, l_a, g_a, True)
+        dq_b, dk_b, dv_b = grads(q_b, i_b, k_b, v_b, i_b, o_b, l_b, g_b, True)
+        dq_ba, dk_ba, dv_ba = grads(q_b, i_b, k_a, v_a, i_a, o_b, l_b, g_b, False)
         cat = lambda a, b: jnp.concatenate([a, b], axis=1)
         dq, dk, dv = cat(dq_a, dq_b + dq_ba), cat(dk_a + dk_ba, dk_b), cat(dv_a + dv_ba, dv_b)
         if n == 1:
@@ -167,19 +161,19 @@ def _backward(spec: FusedSpec, q, k, v, out, lse, d_out, segment_ids=None):
 
             def first_chunk(acc):  # all queries x the source's first chunk
                 dq, dk, dv = acc
-                (k_a, _), (v_a, _) = _halves(kv[0]), _halves(kv[1])
-                dq_b, dk_a, dv_a = grads(q, k_a, v_a, out, lse, d_out, False)
+                (k_a, _), (v_a, _), (j_a, _) = (_halves(x) for x in kv)
+                dq_b, dk_a, dv_a = grads(q, ids, k_a, v_a, j_a, out, lse, d_out, False)
                 h = k_a.shape[1]
                 return dq + dq_b, dk.at[:, :h].add(dk_a), dv.at[:, :h].add(dv_a)
 
             def second_half_queries(acc):  # the second query chunk x all the source's keys
                 dq, dk, dv = acc
-                dq_b, dk_b, dv_b = grads(q_b, *kv, o_b, l_b, g_b, False)
+                dq_b, dk_b, dv_b = grads(q_b, i_b, *kv, o_b, l_b, g_b, False)
                 h = q_b.shape[1]
                 return dq.at[:, h:].add(dq_b), dk + dk_b, dv + dv_b
 
-            acc = _when(source < r, first_chunk, acc)
-            return _when(source > r, second_half_queries, acc)
+            acc = when(source < r, first_chunk, acc)
+            return when(source > r, second_half_queries, acc)
 
     # dK and dV travel with the shard they belong to and come home after a full turn.
     def step(s, carry):
@@ -188,7 +182,7 @@ def _backward(spec: FusedSpec, q, k, v, out, lse, d_out, segment_ids=None):
         kv, (dk, dv) = spec.rotate((kv, (dk, dv)))
         return kv, (dq, dk, dv)
 
-    kv, (dk_travel, dv_travel) = spec.rotate(((k, v), (dk, dv)))
+    kv, (dk_travel, dv_travel) = spec.rotate(((k, v, ids), (dk, dv)))
     kv, (dq, dk_travel, dv_travel) = lax.fori_loop(1, n - 1, step, (kv, (dq, dk_travel, dv_travel)))
     dq, dk_travel, dv_travel = fold(n - 1, kv, (dq, dk_travel, dv_travel))
     dk, dv = spec.rotate((dk_travel, dv_travel))

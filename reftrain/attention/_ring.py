@@ -131,8 +131,8 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents) -> jax.Array:
-    """Runs the fused-kernel ring when the kernel is cuDNN (with document masks: on one device
-    only), our chunked XLA loops otherwise."""
+    """Runs the fused-kernel ring when the kernel is cuDNN and the mask causal, our chunked XLA
+    loops otherwise."""
     check_shapes(q, k, v, segment_ids)
     check_chunks(q.shape[1], q_chunk, kv_chunk)
     if layout not in LAYOUTS:
@@ -141,8 +141,7 @@ def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel
         raise ValueError(f"zigzag layout needs an even local length, got {q.shape[1]}")
     kernel = resolve_kernel(kernel)
     scale = q.shape[3] ** -0.5
-    single_device = axis_name is None or lax.axis_size(axis_name) == 1
-    if kernel == "cudnn" and causal and (segment_ids is None or single_device):
+    if kernel == "cudnn" and causal:
         spec = FusedSpec(kernel, layout, int(q_chunk), int(kv_chunk), scale, axis_name, int(max_documents))
         return fused_ring_attention(spec, q, k, v, None if segment_ids is None else segment_ids.astype(jnp.int32))
     chunking = Chunking(bool(causal), int(q_chunk), int(kv_chunk), scale)
