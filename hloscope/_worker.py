@@ -127,11 +127,15 @@ def run(request: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     sys.path[:0] = [p for p in request["sys_path"] if p not in sys.path]
     import jax
 
+    from hloscope import cudnn_workspace
+
     devices = _devices(request["target"], int(request["devices"]))
     builder = _load_builder(request["builder"])
     lowered = builder(devices=devices, **request["kwargs"])
     if not isinstance(lowered, jax.stages.Lowered):
         raise TypeError(f"builder {request['builder']} returned {type(lowered).__name__}, not jax.stages.Lowered")
+    # A compile-only GPU cannot ask cuDNN for its attention workspace: write in the modelled one.
+    workspaces = cudnn_workspace.inject(lowered) if devices[0].platform != "cpu" else []
     stablehlo = lowered.as_text(debug_info=True)
     (work_dir / STABLEHLO_FILE).write_text(stablehlo)
 
@@ -148,6 +152,7 @@ def run(request: dict[str, Any], work_dir: Path) -> dict[str, Any]:
         "memory": _memory(compiled.memory_analysis()),
         "cost": _cost(compiled),
         "module_name": _module_name(compiled, stablehlo),
+        "cudnn_workspace": workspaces,
     }
 
 

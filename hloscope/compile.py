@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,8 @@ class CompileResult:
     devices: int
     wall_s: float
     compile_s: float
+    # cuDNN attention calls whose workspace hloscope modelled (deviceless GPU compiles only).
+    cudnn_workspace: list[dict[str, Any]] = field(default_factory=list)
 
 
 def worker_env(target: Target, devices: int, base: Mapping[str, str]) -> dict[str, str]:
@@ -260,4 +262,5 @@ def compile_in_worker(request: CompileRequest) -> CompileResult:
             devices=request.devices,
             wall_s=wall_s,
             compile_s=float(payload.get("compile_s", 0.0)),
+            cudnn_workspace=payload.get("cudnn_workspace", []),
         )

@@ -122,6 +122,8 @@ def profile_program(
         target={"name": resolved_target.name, "device_kind": resolved_target.device_kind,
                 "memory_bytes": resolved_target.memory_bytes},
         versions=result.versions,
+        # Modelled, not measured: a deviceless compile cannot ask cuDNN (hloscope/cudnn_workspace.py).
+        cudnn_workspace=result.cudnn_workspace,
         timing={"compile_s": result.compile_s, "worker_s": result.wall_s,
                 "total_s": time.perf_counter() - started},
     )
