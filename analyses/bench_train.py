@@ -7,7 +7,8 @@ fewer layers so that parameters, gradients and AdamW state fit one GPU. Each (le
 documents) case runs in its own process: a jitted, donated step (reftrain.model.loss_fn, its
 gradient, AdamW) on a one-device mesh, so attention is reftrain's `blockwise_attention` with
 the kernel `auto` picks (cuDNN on a GPU). MFU counts model FLOPs (matmuls plus causal
-attention, no rematerialisation: reftrain.train.metrics) against the device's bf16 dense peak
+attention, within each document where there are documents; no rematerialisation:
+reftrain.train.metrics) against the device's bf16 dense peak
 (989 TFLOP/s for an H100 SXM). Where the rest goes: the AdamW update is also timed alone,
 and attention's share of the model FLOPs is reported beside each step.
 Writes <out-dir>/bench_train.json and .md.
@@ -42,6 +43,51 @@ def _timed(fn, *args, runs: int = 5):
     return float(np.median(times)), out
 
 
+def _config(case: dict):
+    from reftrain.config import get_config
+
+    return get_config("mistral-7b").replace(
+        num_layers=case["layers"], remat_policy=case["remat"], attention_kernel=case["kernel"], rope_theta=75e6
+    )
+
+
+def _document_lengths(length: int, rng) -> list[int]:
+    """Packed documents of 2K-16K tokens filling `length` (drawn after the tokens, seed 0)."""
+    lengths, left = [], length
+    while left:
+        lengths.append(min(left, int(rng.integers(1, 9)) * 2048))
+        left -= lengths[-1]
+    return lengths
+
+
+def _case_inputs(case: dict, vocab_size: int):
+    """(tokens [1, length], document lengths or None): what the case trains on, reproducibly."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, vocab_size, (1, case["length"]))
+    return tokens, (_document_lengths(case["length"], rng) if case["documents"] else None)
+
+
+def _derived(case: dict, step_s: float, peak_flops: float | None) -> dict:
+    """Throughput figures of a measured step. Attention FLOPs are those of the mask the step
+    ran: causal over the whole row, or causal within each document (sum of n^2 / length keys
+    per token on average, the work cuDNN's packed mode does), so MFU never counts skipped work."""
+    from reftrain.train import metrics
+
+    config = _config(case)
+    _, documents = _case_inputs(case, config.vocab_size)
+    attended = sum(n * n for n in documents) / case["length"] if documents else case["length"]
+    per_token = metrics.train_flops_per_token(config, attended)
+    tokens_per_s = case["length"] / step_s
+    attention = 6.0 * config.num_layers * config.num_q_heads * config.head_dim * attended
+    return {
+        "step_s": step_s, "tokens_per_s": tokens_per_s, "attention_length": attended,
+        "mfu": per_token * tokens_per_s / peak_flops if peak_flops else None,
+        "model_tflops_per_s": per_token * tokens_per_s / 1e12, "attention_flops_share": attention / per_token,
+    }
+
+
 def _run_one(case: dict) -> dict:
     import jax
     import jax.numpy as jnp
@@ -49,30 +95,22 @@ def _run_one(case: dict) -> dict:
     import optax
 
     from reftrain import model
-    from reftrain.config import get_config
     from reftrain.sharding import make_mesh
     from reftrain.train import metrics
 
-    length, layers = case["length"], case["layers"]
-    config = get_config("mistral-7b").replace(
-        num_layers=layers, remat_policy=case["remat"], attention_kernel=case["kernel"], rope_theta=75e6
-    )
+    length = case["length"]
+    config = _config(case)
     mesh = make_mesh(devices=jax.devices()[:1])
     params = model.init_params(config, jax.random.key(0), mesh=mesh)
     optimizer = optax.adamw(1e-5, b1=0.9, b2=0.95)
     opt_state = jax.jit(optimizer.init)(params)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.vocab_size, (1, length))
+    tokens, lengths = _case_inputs(case, config.vocab_size)
     batch = {
         "tokens": jnp.asarray(tokens, jnp.int32),
         "targets": jnp.asarray(np.roll(tokens, -1, axis=1), jnp.int32),
         "loss_mask": jnp.ones((1, length), jnp.float32),
     }
-    if case["documents"]:  # packed documents of 2K-16K tokens, positions restarting per document
-        lengths, left = [], length
-        while left:
-            lengths.append(min(left, int(rng.integers(1, 9)) * 2048))
-            left -= lengths[-1]
+    if lengths:  # packed documents, positions restarting per document
         batch["segment_ids"] = jnp.asarray(np.repeat(np.arange(1, len(lengths) + 1), lengths)[None], jnp.int32)
         batch["positions"] = jnp.asarray(np.concatenate([np.arange(n) for n in lengths])[None], jnp.int32)
         # cuDNN's packed mode is compiled for a document count; its memory grows with it.
@@ -95,14 +133,8 @@ def _run_one(case: dict) -> dict:
     peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     update = jax.jit(lambda p, s: optimizer.update(jax.tree.map(jnp.zeros_like, p), s, p)[0])
     update_s, _ = _timed(update, state[0], state[1])
-    tokens_per_s = length / seconds
-    peak_flops = metrics.peak_flops(jax.devices()[0])
-    per_token = metrics.train_flops_per_token(config, length)
-    attention_share = 6.0 * config.num_layers * config.num_q_heads * config.head_dim * length / per_token
     return {
-        **case, "step_s": seconds, "tokens_per_s": tokens_per_s, "loss": float(loss),
-        "mfu": metrics.mfu(config, length, tokens_per_s, 1, peak_flops),
-        "model_tflops_per_s": per_token * tokens_per_s / 1e12, "attention_flops_share": attention_share,
+        **case, **_derived(case, seconds, metrics.peak_flops(jax.devices()[0])), "loss": float(loss),
         "adamw_update_s": update_s, "peak_bytes": peak, "parameters": int(sum(x.size for x in jax.tree.leaves(state[0]))),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__,
     }
@@ -120,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="bench_train")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--rescore", type=Path, help="recompute FLOP-derived columns of a saved <name>.json")
     args = parser.parse_args(argv)
+    if args.rescore:
+        return _rescore(args.rescore)
     if args.one:
         print(json.dumps(_run_one(json.loads(args.one))))
         return 0
@@ -139,6 +174,29 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 atomic_write_bytes(args.out_dir / f"{args.name}.partial.json", json.dumps({"rows": rows}).encode())
+    _write(rows, args.out_dir, args.name)
+    (args.out_dir / f"{args.name}.partial.json").unlink(missing_ok=True)
+    return 0
+
+
+def _rescore(path: Path) -> int:
+    """Recomputes the derived columns of saved rows from their measured step times (after a
+    change to how FLOPs are counted; nothing is re-measured)."""
+    from reftrain.train import metrics
+
+    rows = json.loads(path.read_text())["rows"]
+    for row in rows:
+        if "step_s" in row:
+            peak = next((f for prefix, f in metrics.PEAK_FLOPS.items() if row["device"].startswith(prefix)), None)
+            case = {k: row[k] for k in ("length", "layers", "remat", "documents", "kernel")}
+            row.update(_derived(case, row["step_s"], peak))
+    _write(rows, path.parent, path.stem)
+    return 0
+
+
+def _write(rows: list[dict], out_dir: Path, name: str) -> None:
+    from reftrain.files import atomic_write_bytes
+
     lines = ["| tokens | layers | remat | documents | step s | tokens/s | MFU | attention FLOPs | AdamW s | peak GiB |",
              "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -150,10 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['adamw_update_s']:.3f} | {r['peak_bytes'] / 2**30:.1f} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    atomic_write_bytes(args.out_dir / f"{args.name}.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
-    atomic_write_bytes(args.out_dir / f"{args.name}.md", table.encode())
-    (args.out_dir / f"{args.name}.partial.json").unlink(missing_ok=True)
-    return 0
+    atomic_write_bytes(out_dir / f"{name}.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
+    atomic_write_bytes(out_dir / f"{name}.md", table.encode())
 
 
 if __name__ == "__main__":
