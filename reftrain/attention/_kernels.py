@@ -191,7 +191,8 @@ def _cudnn_kernel(max_documents: int) -> Kernel:
             lse = jnp.swapaxes(stats.at[stats_row].get(mode="fill", fill_value=-jnp.inf), 1, 2)
             return jnp.where(seen_q[..., None, None], out, 0).astype(q.dtype), jnp.where(seen_q[..., None], lse, -jnp.inf)
 
-        nothing = (jnp.zeros_like(q), jnp.full(q.shape[:3], -jnp.inf, jnp.float32))
+        # *_like keep q's varying manual axes under shard_map (the loop carry must match them).
+        nothing = (jnp.zeros_like(q), jnp.full_like(q[..., 0], -jnp.inf, jnp.float32))
         return when(jnp.any(seen_q), visible, nothing)
 
     def backward(q, k, v, out, lse, d_out, causal, scale, segments=None):

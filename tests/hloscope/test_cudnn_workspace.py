@@ -55,3 +55,16 @@ def test_deviceless_compile_places_the_modelled_workspace():
     # XLA's own temp now holds it: above the workspace, where the placeholder gave 0 bytes.
     assert profile["memory_analysis"]["temp_size_in_bytes"] > calls[BACKWARD]
     assert any(f"u8[{calls[BACKWARD]}]" in b["shape"] for b in profile["top_buffers"])
+
+
+def test_deviceless_ring_with_documents_models_both_pair_kinds():
+    """On a ring of 2 (sp=2) the cuDNN path packs a shard with itself (max_documents 16 slots)
+    and an earlier shard's one shared document (2 slots): both workspaces are modelled."""
+    try:
+        check_gpu_aot()
+    except MissingGpuAotError as missing:
+        pytest.skip(str(missing))
+    options = program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024)
+    profile = profile_program("attention", options, target="h100-80gb", devices=2)
+    backward = sorted(c["bytes"] for c in profile["cudnn_workspace"] if c["call"] == BACKWARD)
+    assert backward == sorted({backward_bytes(2, 2048, 32, 128, gqa=True), backward_bytes(16, 2048, 32, 128, gqa=True)})
