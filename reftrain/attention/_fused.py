@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from reftrain.attention._block import merge_blocks
+from reftrain.attention._blocked import blocked
 from reftrain.attention._kernels import get_kernel, when
 
 LAYOUTS = ("contiguous", "zigzag")
@@ -39,8 +40,8 @@ class FusedSpec(NamedTuple):
 
     kernel: str  # "xla" or "cudnn"
     layout: str  # "contiguous" or "zigzag"
-    q_chunk: int  # used by the xla kernel only
-    kv_chunk: int
+    q_chunk: int  # the xla kernel's chunks
+    kv_chunk: int  # also cuDNN's block under documents
     scale: float
     axis_name: Hashable | None
     max_documents: int = 16  # cuDNN packed mode: documents per sequence (static; memory grows with it)
@@ -58,7 +59,10 @@ class FusedSpec(NamedTuple):
         return jax.tree.map(lambda x: lax.ppermute(x, self.axis_name, [(i, (i + 1) % n) for i in range(n)]), tree)
 
     def kernel_fns(self):
-        return get_kernel(self.kernel, self.q_chunk, self.kv_chunk, self.max_documents)
+        kernel = get_kernel(self.kernel, self.q_chunk, self.kv_chunk, self.max_documents)
+        # cuDNN's packed mode pads every document slot to the call's length: documents run in
+        # kv_chunk blocks so its memory follows the chunk, not the shard (`_blocked`).
+        return blocked(kernel, self.kv_chunk) if self.kernel == "cudnn" else kernel
 
 
 def _halves(x: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:

@@ -48,7 +48,7 @@ class Kernel(NamedTuple):
     backward: Callable
 
 
-def _divisor_at_most(chunk: int, length: int) -> int:
+def divisor_at_most(chunk: int, length: int) -> int:
     return max(d for d in range(1, min(chunk, length) + 1) if length % d == 0)
 
 
@@ -57,7 +57,7 @@ def _xla_kernel(q_chunk: int, kv_chunk: int) -> Kernel:
         return jnp.arange(length, dtype=jnp.int32)
 
     def chunking(q, k, causal, scale):
-        return Chunking(causal, _divisor_at_most(q_chunk, q.shape[1]), _divisor_at_most(kv_chunk, k.shape[1]), scale)
+        return Chunking(causal, divisor_at_most(q_chunk, q.shape[1]), divisor_at_most(kv_chunk, k.shape[1]), scale)
 
     def ids(q, k, segments):
         if segments is not None:
@@ -83,7 +83,7 @@ def _xla_kernel(q_chunk: int, kv_chunk: int) -> Kernel:
     return Kernel("xla", forward, backward)
 
 
-def _run_starts(segment_ids: jax.Array) -> jax.Array:
+def run_starts(segment_ids: jax.Array) -> jax.Array:
     b = segment_ids.shape[0]
     return jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
 
@@ -93,7 +93,7 @@ def packed_documents(segment_ids: jax.Array, max_documents: int):
     row: (seqlen `[B, M]`, offsets `[B, M + 1]`, -1 where unused) and whether a row has more
     than M = max_documents runs (its extra runs are then merged into the last one)."""
     b, t = segment_ids.shape
-    starts = _run_starts(segment_ids)
+    starts = run_starts(segment_ids)
     index = jax.vmap(lambda row: jnp.nonzero(row, size=max_documents + 1, fill_value=t)[0])(starts)
     first, ends = index[:, :max_documents], index[:, 1:]
     ends = ends.at[:, -1].set(t)
@@ -107,7 +107,7 @@ def packed_stats_index(segment_ids: jax.Array, max_documents: int) -> tuple[jax.
     """For each token `[B, T]`: the row of its document in cuDNN's packed statistics (documents
     of all rows numbered in order, unused slots skipped) and its position in that document."""
     seqlen, offsets, _ = packed_documents(segment_ids, max_documents)
-    run = jnp.minimum(jnp.cumsum(_run_starts(segment_ids), axis=1) - 1, max_documents - 1)
+    run = jnp.minimum(jnp.cumsum(run_starts(segment_ids), axis=1) - 1, max_documents - 1)
     position = jnp.arange(segment_ids.shape[1]) - jnp.take_along_axis(offsets, run, axis=1)
     used = jnp.sum(seqlen >= 0, axis=1)
     return (jnp.cumsum(used) - used)[:, None] + run, position

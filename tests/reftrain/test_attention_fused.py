@@ -292,3 +292,20 @@ def test_cudnn_zigzag_with_documents_equals_dense():
                             *(x.astype(jnp.float32) for x in (q, k, v)), g)
     scale = max(1.0, max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want)))
     assert _max_error(got, want) < 4e-2 * scale
+
+
+@given(lengths=st.lists(st.lists(st.integers(1, 20), min_size=1, max_size=8), min_size=2, max_size=2),
+       block=st.sampled_from([4, 8, 16]), batch=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_blocked_documents_equal_the_whole_shard(lengths, block, batch, seed):
+    """A shard with itself under documents, block by block (how cuDNN runs it), equals the one
+    call: out, lse and the backward, documents spanning several blocks included."""
+    from reftrain.attention._blocked import blocked
+
+    q, k, v, g = _qkv(seed, 32, 4, 2, 8, batch=batch)
+    ids = _documents(lengths, 32, batch)
+    whole, cut = get_kernel("xla", 4, 4), blocked(get_kernel("xla", 4, 4), block)
+    out, lse = whole.forward(q, k, v, True, 8 ** -0.5, (ids, ids))
+    got = cut.forward(q, k, v, True, 8 ** -0.5, (ids, ids))
+    assert _max_error(got, (out, lse)) < 2e-5
+    want = whole.backward(q, k, v, out, lse, g, True, 8 ** -0.5, (ids, ids))
+    assert _max_error(cut.backward(q, k, v, out, lse, g, True, 8 ** -0.5, (ids, ids)), want) < 2e-5
