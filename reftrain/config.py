@@ -85,8 +85,11 @@ class ModelConfig:
     attention_kernel: str = "auto"
     # "zigzag" gives device i the sequence chunks i and 2*sp-1-i, balancing causal ring work.
     sequence_layout: str = "contiguous"
-    # cuDNN packed mode (documents on one device): most documents per sequence; memory grows with it.
+    # cuDNN packed mode (documents): most documents per shard row; its memory grows with it.
     max_documents: int = 16
+    # cuDNN with documents: a shard with itself in blocks of this many tokens (0: one call).
+    # Packed-mode memory follows the block instead of the shard, for some speed (docs/gpu.md).
+    document_block: int = 0
     q_chunk: int = 2048
     kv_chunk: int = 4096
     loss_chunk: int = 2048
@@ -108,8 +111,9 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.mlp_chunk < 0:
-            raise ValueError(f"mlp_chunk must be >= 0, got {self.mlp_chunk}")
+        for name in ("mlp_chunk", "document_block"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("q_chunk", "kv_chunk", "loss_chunk", "max_documents"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -78,7 +78,7 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
         if impl == "blockwise":
             chunks = (fit_chunk(config.q_chunk, q.shape[1]), fit_chunk(config.kv_chunk, q.shape[1]))
             return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=chunks[0], kv_chunk=chunks[1], kernel=kernel,
-                                       max_documents=config.max_documents)
+                                       max_documents=config.max_documents, document_block=config.document_block)
         return dense_attention(q, k, v, segment_ids=segment_ids)
 
     sp = mesh.shape["sp"]
@@ -100,9 +100,10 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
             return dense_attention(q, k, v, segment_ids=segment_ids)
         if sp == 1:
             return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel=kernel,
-                                       max_documents=config.max_documents)
+                                       max_documents=config.max_documents, document_block=config.document_block)
         return ring_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp",
-                              kernel=kernel, layout=config.sequence_layout)
+                              kernel=kernel, layout=config.sequence_layout, max_documents=config.max_documents,
+                              document_block=config.document_block)
 
     if segment_ids is None:  # one document per row: no document mask (cuDNN's fastest path)
         return jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(q, k, v)

@@ -22,6 +22,7 @@ class AttentionShape:
     kv_heads: int = 8
     head_dim: int = 128
     dtype: str = "bfloat16"
+    document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
 
     def resolved(self) -> "AttentionShape":
         """Returns a copy with kv_chunk filled in."""
@@ -43,6 +44,8 @@ class AttentionShape:
             raise ValueError(f"--q-heads {shape.q_heads} is not a multiple of --kv-heads {shape.kv_heads}")
         if shape.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"--dtype {shape.dtype} is not one of bfloat16, float16, float32")
+        if shape.document_block < 0:
+            raise ValueError(f"--document-block must be >= 0, got {shape.document_block}")
 
 
 @dataclass(frozen=True)

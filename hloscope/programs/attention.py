@@ -43,7 +43,7 @@ def build(mesh: Mesh, shape: AttentionShape):
     def local(q, k, v, segment_ids):
         return ring_attention(
             q, k, v, segment_ids=segment_ids, q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, axis_name="sp",
-            kernel=kernel,
+            kernel=kernel, document_block=shape.document_block,
         )
 
     segment_ids = jax.ShapeDtypeStruct((shape.batch, shape.seq), jnp.int32, sharding=NamedSharding(mesh, spec))

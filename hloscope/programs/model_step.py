@@ -54,6 +54,7 @@ class ModelStepShape:
     tp: int = 1
     sp: int | None = None  # None: devices / (dp * fsdp * tp)
     layers: int | None = None  # None: the preset's; fewer to fit one GPU (analyses/hloscope_vs_gpu.py)
+    document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
 
     def resolved(self) -> ModelStepShape:
         return replace(self, kv_chunk=2 * self.q_chunk if self.kv_chunk is None else self.kv_chunk)
@@ -90,7 +91,7 @@ class ModelStepShape:
             q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, remat_policy=shape.remat,
             attention_impl="paper" if shape.attention == "paper" else "auto",
             rope_theta=75e6,
-            num_layers=shape.layers or PRESETS[shape.model].num_layers,
+            num_layers=shape.layers or PRESETS[shape.model].num_layers, document_block=shape.document_block,
         )
 
     def mesh(self, devices) -> Mesh:

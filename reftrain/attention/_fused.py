@@ -40,11 +40,12 @@ class FusedSpec(NamedTuple):
 
     kernel: str  # "xla" or "cudnn"
     layout: str  # "contiguous" or "zigzag"
-    q_chunk: int  # the xla kernel's chunks
-    kv_chunk: int  # also cuDNN's block under documents
+    q_chunk: int  # used by the xla kernel only
+    kv_chunk: int
     scale: float
     axis_name: Hashable | None
     max_documents: int = 16  # cuDNN packed mode: documents per sequence (static; memory grows with it)
+    document_block: int = 0  # cuDNN with documents: a shard with itself in blocks of this many tokens (0: whole)
 
     def size(self) -> int:
         return 1 if self.axis_name is None else lax.axis_size(self.axis_name)
@@ -60,9 +61,9 @@ class FusedSpec(NamedTuple):
 
     def kernel_fns(self):
         kernel = get_kernel(self.kernel, self.q_chunk, self.kv_chunk, self.max_documents)
-        # cuDNN's packed mode pads every document slot to the call's length: documents run in
-        # kv_chunk blocks so its memory follows the chunk, not the shard (`_blocked`).
-        return blocked(kernel, self.kv_chunk) if self.kernel == "cudnn" else kernel
+        # cuDNN's packed mode pads every document slot to the call's length: in blocks, its
+        # memory follows the block, not the shard, for some speed (`_blocked`).
+        return blocked(kernel, self.document_block) if self.kernel == "cudnn" and self.document_block else kernel
 
 
 def _halves(x: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:

@@ -130,7 +130,8 @@ def _attention_bwd(ring: _Ring, residuals, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents) -> jax.Array:
+def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents,
+              document_block) -> jax.Array:
     """Runs the fused-kernel ring when the kernel is cuDNN and the mask causal, our chunked XLA
     loops otherwise."""
     check_shapes(q, k, v, segment_ids)
@@ -142,7 +143,8 @@ def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel
     kernel = resolve_kernel(kernel)
     scale = q.shape[3] ** -0.5
     if kernel == "cudnn" and causal:
-        spec = FusedSpec(kernel, layout, int(q_chunk), int(kv_chunk), scale, axis_name, int(max_documents))
+        spec = FusedSpec(kernel, layout, int(q_chunk), int(kv_chunk), scale, axis_name, int(max_documents),
+                         int(document_block))
         return fused_ring_attention(spec, q, k, v, None if segment_ids is None else segment_ids.astype(jnp.int32))
     chunking = Chunking(bool(causal), int(q_chunk), int(kv_chunk), scale)
     return _attention(_Ring(chunking, axis_name, layout), q, k, v, default_segment_ids(q, segment_ids))
@@ -159,6 +161,7 @@ def blockwise_attention(
     kv_chunk: int,
     kernel: str = "auto",
     max_documents: int = 16,
+    document_block: int = 0,
 ) -> jax.Array:
     """Returns attention `[batch, len, q_heads, head_dim]` computed in Q x KV chunks.
 
@@ -168,8 +171,11 @@ def blockwise_attention(
     segment_ids is None and causal), or "auto" (cuDNN on a GPU backend, else xla).
     `max_documents`: with cuDNN and segment_ids, the most documents a row may hold (cuDNN's
     packed mode is compiled for it; its memory grows with it; a row with more is NaN).
+    `document_block`: with cuDNN and segment_ids, run a shard with itself in blocks of this many
+    tokens (0: in one call): packed-mode memory then follows the block (docs/gpu.md).
     """
-    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, None, kernel, "contiguous", max_documents)
+    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, None, kernel, "contiguous", max_documents,
+                     document_block)
 
 
 def ring_attention(
@@ -185,6 +191,7 @@ def ring_attention(
     kernel: str = "auto",
     layout: str = "contiguous",
     max_documents: int = 16,
+    document_block: int = 0,
 ) -> jax.Array:
     """Returns this device's shard of attention `[batch, local_len, q_heads, head_dim]`.
 
@@ -193,6 +200,8 @@ def ring_attention(
     K, V and their segment ids rotate around the ring; the result equals `dense_attention` on
     the gathered sequence. With `layout="zigzag"` device i holds the sequence's chunks i and
     2N-1-i (of length local_len/2), which balances the causal work (`reftrain.sharding
-    .zigzag_order` permutes a sequence into that order). `kernel` as in blockwise_attention.
+    .zigzag_order` permutes a sequence into that order). `kernel`, `max_documents` and
+    `document_block` as in blockwise_attention.
     """
-    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents)
+    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents,
+                     document_block)

@@ -49,9 +49,7 @@ def test_deviceless_compile_places_the_modelled_workspace():
     options = program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024)
     profile = profile_program("attention", options, target="h100-80gb", devices=1)
     calls = {(c["call"], c["bytes"]) for c in profile["cudnn_workspace"]}
-    # Documents (max_documents 16) run in kv_chunk blocks: a block with itself packs 16 slots,
-    # a block with an earlier one the 2 slots of their shared document.
-    packed = {backward_bytes(16, 1024, 32, 128, gqa=True), backward_bytes(2, 1024, 32, 128, gqa=True)}
+    packed = {backward_bytes(16, 4096, 32, 128, gqa=True)}  # documents: max_documents 16 slots of 4096
     assert {b for c, b in calls if c == BACKWARD} == packed
     assert {b for c, b in calls if c == FORWARD} == {forward_bytes(1, 16)}
     largest = max(packed)
@@ -61,8 +59,8 @@ def test_deviceless_compile_places_the_modelled_workspace():
 
 
 def test_deviceless_ring_with_documents_models_both_pair_kinds():
-    """On a ring of 2 (sp=2) an earlier shard's shared document is one packed pair of the shard
-    length (2 slots), beside the blocks of a shard with itself: all modelled."""
+    """On a ring of 2 (sp=2) a shard with itself packs 16 document slots and an earlier shard
+    the 2 slots of their shared document: both modelled."""
     try:
         check_gpu_aot()
     except MissingGpuAotError as missing:
@@ -70,4 +68,20 @@ def test_deviceless_ring_with_documents_models_both_pair_kinds():
     options = program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024)
     profile = profile_program("attention", options, target="h100-80gb", devices=2)
     backward = sorted(c["bytes"] for c in profile["cudnn_workspace"] if c["call"] == BACKWARD)
-    assert set(backward) == {backward_bytes(n, t, 32, 128, gqa=True) for n, t in ((16, 1024), (2, 1024), (2, 2048))}
+    assert set(backward) == {backward_bytes(n, 2048, 32, 128, gqa=True) for n in (16, 2)}
+
+
+def test_document_block_bounds_the_modelled_workspace():
+    """With document_block, a shard with itself runs in blocks: 16 slots of the block, plus the
+    2 slots of a block with an earlier one; the program's total falls with them."""
+    try:
+        check_gpu_aot()
+    except MissingGpuAotError as missing:
+        pytest.skip(str(missing))
+    whole = profile_program("attention", program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024),
+                            target="h100-80gb", devices=1)
+    cut = profile_program("attention", program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024,
+                                                       document_block=1024), target="h100-80gb", devices=1)
+    backward = {c["bytes"] for c in cut["cudnn_workspace"] if c["call"] == BACKWARD}
+    assert backward == {backward_bytes(n, 1024, 32, 128, gqa=True) for n in (16, 2)}
+    assert cut["figures"]["xla_total"] < whole["figures"]["xla_total"] - 2 * max(backward)  # 2.2 GB of slots -> 0.5

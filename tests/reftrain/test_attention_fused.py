@@ -226,16 +226,17 @@ def test_packed_documents_match_runs(lengths, max_documents):
 
 
 @on_gpu
+@pytest.mark.parametrize("document_block", [0, 512])
 @pytest.mark.parametrize("heads", [(8, 8), (8, 2)])
-def test_cudnn_documents_equal_dense(heads):
-    """blockwise_attention(kernel="cudnn") with segment ids (cuDNN packed mode) against dense,
-    on every token that is not padding (padding is its own document there)."""
+def test_cudnn_documents_equal_dense(heads, document_block):
+    """blockwise_attention(kernel="cudnn") with segment ids (cuDNN packed mode, in one call or
+    in blocks) against dense, on every token that is not padding (its own document there)."""
     q, k, v, g = _qkv(2, 2048, *heads, 128, jnp.bfloat16)
     ids = jnp.asarray(np.repeat([1, 2, 3, 4, 0], [300, 700, 512, 400, 136])[None], jnp.int32)
     real = (ids != 0)[..., None, None]
     g = jnp.where(real, g, 0)
     attention = lambda q, k, v: jnp.where(real, blockwise_attention(
-        q, k, v, segment_ids=ids, q_chunk=512, kv_chunk=512, kernel="cudnn"), 0)
+        q, k, v, segment_ids=ids, q_chunk=512, kv_chunk=512, kernel="cudnn", document_block=document_block), 0)
     got = _value_and_grads(attention, q, k, v, g)
     want = _value_and_grads(lambda q, k, v: dense_attention(q, k, v, segment_ids=ids),
                             *(x.astype(jnp.float32) for x in (q, k, v)), g)
