@@ -34,6 +34,7 @@ class Plan:
     kv_chunk: int
     remat_policy: str
     sequence_layout: str = "contiguous"  # "zigzag" balances causal ring attention (sp > 1)
+    document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
     target: dict[str, Any] = field(default_factory=dict)  # device kind, count, memory budget
     predicted: dict[str, Any] = field(default_factory=dict)  # figure name -> bytes per device
     versions: dict[str, str] = field(default_factory=dict)
@@ -60,6 +61,7 @@ def default_plan(config: ModelConfig, seq_len: int, devices: int) -> Plan:
         kv_chunk=min(config.kv_chunk, local),
         remat_policy=config.remat_policy,
         sequence_layout=config.sequence_layout,
+        document_block=config.document_block,
     )
 
 
@@ -76,6 +78,8 @@ def plan_from_dict(raw: dict[str, Any]) -> Plan:
         raise PlanError(f"plan mesh must give positive integer sizes for {', '.join(MESH_AXES)}, got {plan.mesh}")
     if plan.sequence_layout not in SEQUENCE_LAYOUTS:
         raise PlanError(f"plan sequence_layout must be one of {', '.join(SEQUENCE_LAYOUTS)}, got {plan.sequence_layout!r}")
+    if not isinstance(plan.document_block, int) or plan.document_block < 0:
+        raise PlanError(f"plan document_block must be an integer >= 0, got {plan.document_block!r}")
     return plan
 
 
@@ -98,7 +102,7 @@ def apply_plan(plan: Plan, config: ModelConfig, available_devices: int) -> Model
     if plan.devices > available_devices:
         raise PlanError(f"plan mesh {plan.mesh} needs {plan.devices} devices, this machine has {available_devices}")
     return config.replace(q_chunk=plan.q_chunk, kv_chunk=plan.kv_chunk, remat_policy=plan.remat_policy,
-                          sequence_layout=plan.sequence_layout)
+                          sequence_layout=plan.sequence_layout, document_block=plan.document_block)
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:
