@@ -88,7 +88,10 @@ def profile_case(attention: str, q: int, kv: int, args) -> dict:
     This is what `profile_program("train-step", shape, ...)` does (same worker, same `analyse`),
     done by hand so the parsed modules are kept for the breakdown and the StableHLO curve.
     """
-    shape = ModelStepShape(model=args.model, seq=args.seq, q_chunk=q, kv_chunk=kv, attention=attention).resolved()
+    # kernel xla: our chunked XLA ring, the attention the paper's chunk sizes describe (on a GPU
+    # target "auto" would run cuDNN's fused ring, where the chunks do not apply: docs/gpu.md).
+    shape = ModelStepShape(model=args.model, seq=args.seq, q_chunk=q, kv_chunk=kv, attention=attention,
+                           kernel="xla").resolved()
     started = time.perf_counter()
     result = compile_in_worker(CompileRequest("hloscope.programs:lower_program",
                                               {"program": args.program, **asdict(shape)}, args.target, args.devices))

@@ -294,7 +294,9 @@ def profile_step(model_name: str, seq: int, target: str, q_chunk: int, kv_chunk:
     from hloscope.compile import CompileRequest, compile_in_worker
     from hloscope.programs.model_step import ModelStepShape
 
-    shape = ModelStepShape(model=model_name, seq=seq, q_chunk=q_chunk, kv_chunk=kv_chunk).resolved()
+    # Our XLA ring kernel, whose working set the breakdown names; cuDNN's fused ring on a GPU adds
+    # its packed-document workspace instead (docs/gpu.md).
+    shape = ModelStepShape(model=model_name, seq=seq, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel="xla").resolved()
     shape.validate(DEVICES)
     started = time.perf_counter()
     result = compile_in_worker(CompileRequest("hloscope.programs:lower_program",

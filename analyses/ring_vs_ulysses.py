@@ -293,12 +293,14 @@ def compile_case(method: str, seq: int, n: int, chunks: Chunks, target: str, mod
     from hloscope.profile import analyse
     from hloscope.programs import AttentionShape
 
+    # Our XLA ring, the one the analytic model describes (cuDNN's fused ring moves the same
+    # shards but its working set is cuDNN's: docs/gpu.md).
     shape = AttentionShape(seq=seq, q_chunk=chunks.q, kv_chunk=chunks.kv, q_heads=model.q_heads,
-                           kv_heads=model.kv_heads, head_dim=model.head_dim)
+                           kv_heads=model.kv_heads, head_dim=model.head_dim, kernel="xla")
     if method == "ring":  # exactly what profile_program("attention", ...) compiles
         request = CompileRequest("hloscope.programs:lower_program", {"program": "attention", **asdict(shape)}, target, n)
     else:
-        kwargs = {k: v for k, v in asdict(shape).items() if k not in ("batch", "dtype")}
+        kwargs = {k: v for k, v in asdict(shape).items() if k not in ("batch", "dtype", "document_block", "kernel")}
         request = CompileRequest("analyses.ring_vs_ulysses:lower_ulysses",
                                  {**kwargs, "replicate": method == "ulysses+kv-replication"}, target, n)
     started = time.perf_counter()

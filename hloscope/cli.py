@@ -54,7 +54,7 @@ def _profile(args: argparse.Namespace) -> int:
         values = dict(
             seq=args.seq, q_chunk=args.q_chunk, kv_chunk=args.kv_chunk, batch=args.batch, q_heads=args.q_heads,
             kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=args.dtype, model=args.model, remat=args.remat,
-            attention=args.attention, document_block=args.document_block,
+            attention=args.attention, document_block=args.document_block, kernel=args.kernel,
         )
         try:
             shape = program_options(args.program, **values)
@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--kv-heads", type=int, default=defaults.kv_heads)
     profile.add_argument("--head-dim", type=int, default=defaults.head_dim)
     profile.add_argument("--dtype", default=defaults.dtype, choices=["bfloat16", "float16", "float32"])
+    profile.add_argument("--kernel", default="auto", help="reftrain's attention kernel: auto (cuDNN for GPU targets), xla or cudnn")
     profile.add_argument("--document-block", type=int, default=0,
                          help="GPU targets: cuDNN runs a shard with itself under documents in blocks of this many tokens (0: one call)")
     profile.add_argument("--model", help="layer/train-step: reftrain preset (default mistral-7b)")

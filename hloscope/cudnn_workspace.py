@@ -21,7 +21,6 @@ fitted to what XLA gave on an H100 (jax 0.11.2, cuDNN 9) for 40 shapes
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 FORWARD = "__cudnn$fmhaSoftmax"

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from reftrain.attention._kernels import KERNELS
+
 
 @dataclass(frozen=True)
 class AttentionShape:
@@ -23,6 +25,7 @@ class AttentionShape:
     head_dim: int = 128
     dtype: str = "bfloat16"
     document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    kernel: str = "auto"  # reftrain's attention kernel; auto: cuDNN for a GPU target, else xla
 
     def resolved(self) -> "AttentionShape":
         """Returns a copy with kv_chunk filled in."""
@@ -44,6 +47,8 @@ class AttentionShape:
             raise ValueError(f"--q-heads {shape.q_heads} is not a multiple of --kv-heads {shape.kv_heads}")
         if shape.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"--dtype {shape.dtype} is not one of bfloat16, float16, float32")
+        if shape.kernel not in KERNELS:
+            raise ValueError(f"--kernel {shape.kernel} is not one of {', '.join(KERNELS)}")
         if shape.document_block < 0:
             raise ValueError(f"--document-block must be >= 0, got {shape.document_block}")
 

@@ -38,7 +38,7 @@ def build(mesh: Mesh, shape: AttentionShape):
     spec = P(None, "sp")
 
     # The kernel reftrain would pick on these devices (cuDNN for a GPU target, compiled or not).
-    kernel = resolve_kernel("auto", mesh.devices.flat[0].platform)
+    kernel = resolve_kernel(shape.kernel, mesh.devices.flat[0].platform)
 
     def local(q, k, v, segment_ids):
         return ring_attention(

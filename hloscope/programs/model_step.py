@@ -55,6 +55,7 @@ class ModelStepShape:
     sp: int | None = None  # None: devices / (dp * fsdp * tp)
     layers: int | None = None  # None: the preset's; fewer to fit one GPU (analyses/hloscope_vs_gpu.py)
     document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    kernel: str = "auto"  # reftrain's attention_kernel
 
     def resolved(self) -> ModelStepShape:
         return replace(self, kv_chunk=2 * self.q_chunk if self.kv_chunk is None else self.kv_chunk)
@@ -78,6 +79,7 @@ class ModelStepShape:
             raise ValueError(f"mesh {sizes} does not use exactly --devices {devices}")
         if shape.seq <= 0 or shape.seq % sizes["sp"]:
             raise ValueError(f"--seq {shape.seq} is not divisible by sp={sizes['sp']}")
+        shape.config()  # the model config's own checks (kernel, document_block)
         local = shape.seq // sizes["sp"]
         for flag, chunk in (("--q-chunk", shape.q_chunk), ("--kv-chunk", shape.kv_chunk)):
             if chunk <= 0 or local % chunk:
@@ -92,6 +94,7 @@ class ModelStepShape:
             attention_impl="paper" if shape.attention == "paper" else "auto",
             rope_theta=75e6,
             num_layers=shape.layers or PRESETS[shape.model].num_layers, document_block=shape.document_block,
+            attention_kernel=shape.kernel,
         )
 
     def mesh(self, devices) -> Mesh:
