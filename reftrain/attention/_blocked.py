@@ -16,16 +16,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from reftrain.attention._block import merge_blocks
+from reftrain.attention._chunked import _add_slice as _add, _slice
 from reftrain.attention._kernels import Kernel, divisor_at_most, run_starts
-
-
-def _slice(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
-    return lax.dynamic_slice_in_dim(x, start, size, axis=1)
-
-
-def _add(acc: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
-    current = lax.dynamic_slice_in_dim(acc, start, update.shape[1], axis=1)
-    return lax.dynamic_update_slice_in_dim(acc, current + update.astype(acc.dtype), start, axis=1)
 
 
 def _first_blocks(ids: jax.Array, block: int) -> jax.Array:
