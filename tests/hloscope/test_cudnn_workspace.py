@@ -15,6 +15,15 @@ from hloscope.programs import program_options
 PROBE = Path(__file__).resolve().parents[2] / "analyses" / "results" / "cudnn_workspace_h100.json"
 
 
+@pytest.fixture
+def gpu_aot():
+    """Skips a test that compiles for a GPU target where the gpu-aot extra is missing."""
+    try:
+        check_gpu_aot()
+    except MissingGpuAotError as missing:
+        pytest.skip(str(missing))
+
+
 def test_model_matches_every_probed_call():
     rows = json.loads(PROBE.read_text())
     assert len(rows) >= 40 and all("calls" in r for r in rows)
@@ -41,11 +50,8 @@ def test_model_reads_the_call_shapes(batch, documents, length, heads, dim):
     assert forward == forward_bytes(batch, sequences) == (256 if not documents else 17_152)
 
 
+@pytest.mark.usefixtures("gpu_aot")
 def test_deviceless_compile_places_the_modelled_workspace():
-    try:
-        check_gpu_aot()
-    except MissingGpuAotError as missing:
-        pytest.skip(str(missing))
     options = program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024)
     profile = profile_program("attention", options, target="h100-80gb", devices=1)
     calls = {(c["call"], c["bytes"]) for c in profile["cudnn_workspace"]}
@@ -58,26 +64,20 @@ def test_deviceless_compile_places_the_modelled_workspace():
     assert any(f"u8[{largest}]" in b["shape"] for b in profile["top_buffers"])
 
 
+@pytest.mark.usefixtures("gpu_aot")
 def test_deviceless_ring_with_documents_models_both_pair_kinds():
     """On a ring of 2 (sp=2) a shard with itself packs 16 document slots and an earlier shard
     the 2 slots of their shared document: both modelled."""
-    try:
-        check_gpu_aot()
-    except MissingGpuAotError as missing:
-        pytest.skip(str(missing))
     options = program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024)
     profile = profile_program("attention", options, target="h100-80gb", devices=2)
     backward = sorted(c["bytes"] for c in profile["cudnn_workspace"] if c["call"] == BACKWARD)
     assert set(backward) == {backward_bytes(n, 2048, 32, 128, gqa=True) for n in (16, 2)}
 
 
+@pytest.mark.usefixtures("gpu_aot")
 def test_document_block_bounds_the_modelled_workspace():
     """With document_block, a shard with itself runs in blocks: 16 slots of the block, plus the
     2 slots of a block with an earlier one; the program's total falls with them."""
-    try:
-        check_gpu_aot()
-    except MissingGpuAotError as missing:
-        pytest.skip(str(missing))
     whole = profile_program("attention", program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024),
                             target="h100-80gb", devices=1)
     cut = profile_program("attention", program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024,
