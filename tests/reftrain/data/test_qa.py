@@ -19,7 +19,7 @@ from reftrain.data import (
     make_qa_batches,
     make_qa_sample,
     speaker_pairs,
-    stdlib_default_pairs,
+    code_default_pairs,
 )
 
 
@@ -86,7 +86,7 @@ def test_babi_answer_follows_from_the_story(seed, task, n_events):
     assert solve_babi(list(story.sentences), story.question) == story.answer
 
 
-def stdlib_default_from_header(evidence: str, question: str) -> str:
+def code_default_from_header(evidence: str, question: str) -> str:
     """Reads a parameter's default from the `def` header in the evidence with the ast module."""
     body = evidence.split("\n", 1)[1]  # drop "In module m:"
     if body.startswith("class "):
@@ -104,15 +104,15 @@ def recover_answer(evidence: str, question: str, kind: str) -> str:
     """Returns the answer as an independent reader of the evidence finds it."""
     if kind.startswith("babi"):
         return solve_babi(evidence.splitlines(), question)
-    if kind == "stdlib-default":
-        return stdlib_default_from_header(evidence, question)
+    if kind == "code-default":
+        return code_default_from_header(evidence, question)
     first, quote = evidence.splitlines()[:2]
     assert f'"{quote.strip()}"' in question
     return first.removesuffix(".")
 
 
-def test_stdlib_default_answer_follows_from_the_def_header():
-    pairs = stdlib_default_pairs()
+def test_code_default_answer_follows_from_the_def_header():
+    pairs = code_default_pairs()
     assert len(pairs) > 500
     for pair in pairs:
         assert recover_answer(pair.evidence, pair.question, pair.kind) == pair.answer, pair
