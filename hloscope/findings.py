@@ -102,7 +102,7 @@ class _Flow:
             return None
         if self.m.dialect == "hlo":
             return (loop, idx[0]) if idx else None
-        return loop, int(inst.attributes.get("parameter_number", "-1"))
+        return loop, inst.int_attribute("parameter_number", -1)
 
     def init(self, loop: WhileLoop, k: int, stack: Stack) -> Val:
         """The value element k of `loop` starts from (`stack` is the while's own stack)."""
@@ -115,7 +115,7 @@ class _Flow:
         inst, idx, stack = val
         op = inst.opcode
         if op in ("get-tuple-element", "get_tuple_element") and "get-tuple-element" in through:
-            return self.operand(inst, 0, stack, (int(inst.attributes.get("index", "0")),) + idx)
+            return self.operand(inst, 0, stack, (inst.int_attribute("index", 0),) + idx)
         if op == "tuple" and idx and "tuple" in through:
             return self.operand(inst, idx[0], stack, idx[1:])
         if op in through and inst.operands and op not in ("tuple", "get-tuple-element"):
@@ -127,7 +127,7 @@ class _Flow:
                 caller, rest = (self.m.callers(inst.computation) or [None])[0], ()
             if caller is None:
                 return None
-            number = int(inst.attributes.get("parameter_number", "-1"))
+            number = inst.int_attribute("parameter_number", -1)
             if caller.opcode in _CALLS and 0 <= number < len(caller.operands):
                 return self.operand(caller, number, rest, idx)
             if caller.opcode == "conditional" and inst.computation in caller.called_computations:

@@ -134,7 +134,7 @@ def in_place_operand(module: HloModule, inst: Instruction) -> int | None:
             while target.opcode in ("bitcast",) and target.operands:
                 target = module.operands_of(target)[0]
             if target.opcode == "parameter" and target.computation == callee:
-                number = int(target.attributes.get("parameter_number", "-1"))
+                number = target.int_attribute("parameter_number", -1)
                 return number if 0 <= number < len(inst.operands) else None
     return None
 
@@ -240,10 +240,10 @@ class _LiveSim:
                 values[inst.name] = of(inst, place)
             elif inst.opcode in ("get-tuple-element", "get_tuple_element") and n == 1:
                 whole = values.get(inst.operands[0], frozenset())
-                at = int(inst.attributes.get("index", "-1"))
+                at = inst.int_attribute("index", -1)
                 element = isinstance(whole, list) and 0 <= at < len(whole)
                 values[inst.name] = whole[at] if element else of(inst, 0)
-            elif inst.opcode == "tuple" or (inst.opcode == "while" and n > 1):
+            elif inst.opcode == "tuple" or (inst.opcode in ("while", "return") and n > 1):
                 values[inst.name] = [of(inst, k) for k in range(n)]
             elif inst.opcode == "while" and n == 1:
                 values[inst.name] = of(inst, 0) if module.operands_of(inst)[0].computation != comp \
@@ -275,9 +275,11 @@ class _LiveSim:
                     end[owner] = max(end.get(owner, -1), last)
             for owner in _flat(value):
                 end.setdefault(owner, i)  # never used: freed right after it is made
-        outputs = _flat(values[module.computations[comp].root().name])
+        root_value = values[module.computations[comp].root().name]
+        outputs = _flat(root_value)
         for owner in outputs:
             end[owner] = len(insts)  # results live on: in the caller, or as program outputs
+        donated = _donated_owners(module, root_value) if is_entry else frozenset()
         frees: dict[int, list[Owner]] = {}
         for owner, i in end.items():
             frees.setdefault(i, []).append(owner)
@@ -294,6 +296,8 @@ class _LiveSim:
                     # A called computation's results are written into its caller's buffers.
                     if owner[0] == inst.name and (is_entry or owner not in outputs):
                         size = output_bytes(inst) if owner[1] < 0 else inst.shape.elements[owner[1]].nbytes()
+                        if owner in donated:  # written into a donated argument's buffer
+                            size = 0
                         live += size
                         level[owner] = (inst, size)
             self._record(base + live)
@@ -313,6 +317,40 @@ Uses = dict[tuple[str, str], dict["int | None", int]]
 
 def _flat(value: "frozenset[Owner] | list[frozenset[Owner]]") -> frozenset[Owner]:
     return frozenset().union(*value) if isinstance(value, list) else value
+
+
+def _donated_owners(module: HloModule, root_value: "frozenset[Owner] | list[frozenset[Owner]]") -> frozenset[Owner]:
+    """The buffers of the entry's outputs that XLA places in a donated argument's buffer
+    (``input_output_alias``, may- and must-alias alike): they cost nothing beyond that
+    argument, which is live throughout. An output element that is several buffers (a nested
+    tuple) is left as it is."""
+    owners: set[Owner] = set()
+    for alias in module.input_output_alias:
+        if not alias.output:
+            part = _flat(root_value)
+        elif isinstance(root_value, list) and alias.output[0] < len(root_value):
+            part = root_value[alias.output[0]]
+        else:
+            continue
+        if len(part) == 1:
+            owners |= part
+    return frozenset(owners)
+
+
+def _donated_argument_bytes(module: HloModule) -> int:
+    """Bytes of the entry arguments that outputs alias (XLA's alias_size_in_bytes)."""
+    params = {inst.int_attribute("parameter_number", -1): inst
+              for inst in module.computations[module.entry].instructions if inst.opcode == "parameter"}
+    total = 0
+    for alias in dict.fromkeys((a.parameter, a.parameter_index) for a in module.input_output_alias):
+        param = params.get(alias[0])
+        if param is None:
+            continue
+        shape = param.shape
+        for k in alias[1]:
+            shape = shape.elements[k] if shape.is_tuple and k < len(shape.elements) else shape
+        total += shape.nbytes()
+    return total
 
 
 def _last_uses(module: HloModule, sim: _LiveSim) -> Uses:
@@ -377,14 +415,24 @@ def trace_module(module: HloModule, *, buffer_assignment: str | None = None,
         "prealloc_accumulated": f"sum of instruction output bytes over the {order}",
         "live_peak": f"simulation over the {order}",
     }
+    if module.sizes_are_global:
+        sources["sizes_are_global"] = module.sizes_are_global
+    if module.input_output_alias:
+        donated = _donated_argument_bytes(module)
+        trace_figures = {"donated_bytes": donated}
+        sources["donated_bytes"] = ("input_output_alias of the module: outputs written into donated "
+                                    "arguments' buffers (counted once, as the argument)")
+        sources["live_peak"] += "; donated outputs share their argument's buffer"
+    else:
+        trace_figures = {}
     xla_total = None
     if memory is not None and memory.get("xla_total") is not None:
         xla_total = int(memory["xla_total"])
-        sources["xla_total"] = "XLA memory_analysis (argument + output + temp - alias)"
+        sources["xla_total"] = memory.get("source", "XLA memory_analysis (argument + output + temp - alias)")
     trace = Trace(
         schedule=schedule, stacks=stacks, prealloc_accumulated=accumulated, live_curve=curve,
         live_peak=max(curve) if curve else 0, live_peak_index=peak_index, live_at_peak=at_peak,
-        xla_total=xla_total, sources=sources,
+        xla_total=xla_total, sources=sources, figures=trace_figures,
     )
     if buffer_assignment is not None:
         assignment = parse_buffer_assignment(buffer_assignment)

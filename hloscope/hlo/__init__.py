@@ -15,9 +15,10 @@ from typing import Callable
 from hloscope.hlo.errors import ParseError
 from hloscope.hlo.hlo_text import parse_hlo as _parse_hlo
 from hloscope.hlo.mlir_text import parse_stablehlo as _parse_stablehlo
-from hloscope.hlo.model import CALL_OPCODES, Computation, HloModule, Instruction, Shape, WhileLoop
+from hloscope.hlo.model import CALL_OPCODES, Alias, Computation, HloModule, Instruction, Shape, WhileLoop
 
 __all__ = [
+    "Alias",
     "CALL_OPCODES",
     "Computation",
     "HloModule",
@@ -30,7 +31,10 @@ __all__ = [
     "parse_stablehlo",
 ]
 
-_MLIR_START = re.compile(r'(module\b|func\.func\b|func\s+@|"builtin\.module"|"func\.func"|#)')
+# The first statement of MLIR text: a module, a function, an alias, or a top-level op of another
+# dialect (a text of 'sdy.mesh @mesh = ...' and functions without a module around them).
+_MLIR_START = re.compile(r'(module\b|func\.func\b|func\s+@|"builtin\.module"|"func\.func"|#'
+                         r'|[A-Za-z_]\w*\.[\w.]+\s+@)')
 
 
 def _guarded(parse: Callable[[str], HloModule], text: str) -> HloModule:
@@ -44,6 +48,8 @@ def _guarded(parse: Callable[[str], HloModule], text: str) -> HloModule:
     # A parse allocates one long-lived object after another and frees none, which makes the
     # cyclic GC rescan the growing heap again and again (a third of the time on 100k lines);
     # nothing here builds reference cycles, so it is paused for the duration.
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark some editors write
+        text = text[1:]
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -73,8 +79,12 @@ def parse_module(text: str) -> HloModule:
     """Parses either text, recognised by its first statement (``HloModule`` or MLIR)."""
     if not isinstance(text, str):
         raise TypeError(f"expected the module text as str, got {type(text).__name__}")
+    in_comment = 0  # the line a /* comment opened on, while it is open
     for lineno, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
+        s = line.strip().lstrip("\ufeff")
+        if in_comment or s.startswith("/*"):  # a leading /* ... */ (XLA's fuzzer modules)
+            in_comment = (in_comment or lineno) if "*/" not in s else 0
+            s = s[s.find("*/") + 2:].strip() if not in_comment else ""
         if not s or s.startswith("//"):
             continue
         if s.startswith("HloModule"):
@@ -83,5 +93,8 @@ def parse_module(text: str) -> HloModule:
             return parse_stablehlo(text)
         raise ParseError("expected 'HloModule <name>' (XLA HLO) or 'module @name' / 'func.func' (StableHLO) first",
                          lineno, line)
+    if in_comment:
+        raise ParseError("expected '*/' to close this comment before the end of the input", in_comment,
+                         text.splitlines()[in_comment - 1])
     raise ParseError("expected 'HloModule <name>' (XLA HLO) or 'module @name' / 'func.func' "
                      "(StableHLO); the input is empty", 1, None)

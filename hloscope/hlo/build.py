@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import networkx
 
-from hloscope.hlo.model import Computation, HloModule, Instruction, NodeKey, WhileLoop
+from hloscope.hlo.errors import ParseError
+from hloscope.hlo.model import MAX_CALL_DEPTH, Computation, HloModule, Instruction, NodeKey, WhileLoop
 from hloscope.hlo.trip_count import infer_trip_count, known_trip_count
 
 
@@ -18,14 +20,24 @@ def build_module(
     is_scheduled: bool,
     operand_keys: dict[NodeKey, list[NodeKey]],
     loop_parts: dict[NodeKey, tuple[str, str]],
+    fail: Callable[[str, NodeKey], ParseError] | None = None,
 ) -> HloModule:
     """Builds the module; the parsers have already checked that every name resolves.
+
+    Programs that cannot run are refused with ``fail(reason, node key of the culprit)`` (a
+    ParseError naming its line): operand cycles, calls that recurse (a while body calling
+    itself), call chains deeper than MAX_CALL_DEPTH.
 
     ``operand_keys`` maps each instruction to the node keys of its operands (which differ from
     ``(computation, operand name)`` only for MLIR region captures); ``loop_parts`` maps each
     while instruction to its (body, condition) computation names.
     """
     comps = {c.name: c for c in computations}
+    if fail is None:
+        def fail(reason: str, key: NodeKey) -> ParseError:
+            return ParseError(f"{reason} (at {key[0]}/{key[1]})")
+    _check_calls(comps, entry, fail)
+    _check_operand_cycles(computations, operand_keys, fail)
     index: dict[NodeKey, Instruction] = {}
     callers: dict[str, list[Instruction]] = defaultdict(list)
     for comp in computations:
@@ -66,3 +78,70 @@ def build_module(
     order = {id(inst): i for i, inst in enumerate(module.instructions())}
     module._loops.sort(key=lambda w: order[id(w.instruction)])
     return module
+
+
+def _check_calls(comps: dict[str, Computation], entry: str,
+                 fail: Callable[[str, NodeKey], ParseError]) -> None:
+    """Refuses recursion (a computation reachable from itself through calls) and call chains
+    deeper than MAX_CALL_DEPTH below the entry. Iterative: a deep chain must not overflow
+    Python's stack here either."""
+    calls: dict[str, list[tuple[str, Instruction]]] = {}
+    for comp in comps.values():
+        calls[comp.name] = [(callee, inst) for inst in comp.instructions
+                            for callee in dict.fromkeys(inst.called_computations) if callee in comps]
+    height: dict[str, int] = {}  # longest chain of calls below a computation
+    on_path: set[str] = set()
+    for start in comps:
+        if start in height:
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        on_path.add(start)
+        while stack:
+            name, k = stack[-1]
+            edges = calls[name]
+            if k < len(edges):
+                stack[-1] = (name, k + 1)
+                callee, inst = edges[k]
+                if callee in on_path:
+                    raise fail(f"expected no recursion: {inst.opcode} {inst.name!r} in {name!r} calls "
+                               f"{callee!r}, which is already running (a program that never ends)",
+                               (name, inst.name))
+                if callee not in height:
+                    on_path.add(callee)
+                    stack.append((callee, 0))
+                continue
+            height[name] = max((height[c] + 1 for c, _ in edges), default=0)
+            on_path.discard(name)
+            stack.pop()
+    if height.get(entry, 0) > MAX_CALL_DEPTH:
+        raise fail(f"expected calls nested at most {MAX_CALL_DEPTH} deep; the entry's chain of "
+                   f"calls is {height[entry]} deep", (entry, comps[entry].instructions[0].name))
+
+
+def _check_operand_cycles(computations: list[Computation], operand_keys: dict[NodeKey, list[NodeKey]],
+                          fail: Callable[[str, NodeKey], ParseError]) -> None:
+    """Refuses an instruction that depends on itself through its operands. Only computations
+    with a forward reference (an operand defined at or after its user, which HLO text allows)
+    can have one, so the others cost one pass."""
+    for comp in computations:
+        where = {inst.name: i for i, inst in enumerate(comp.instructions)}
+        forward = False
+        for i, inst in enumerate(comp.instructions):
+            for c, name in operand_keys.get((comp.name, inst.name), ()):
+                if c == comp.name and where.get(name, -1) >= i:
+                    forward = True
+                    break
+            if forward:
+                break
+        if not forward:
+            continue
+        graph = networkx.DiGraph()
+        graph.add_nodes_from(where)
+        graph.add_edges_from((name, inst.name) for inst in comp.instructions
+                             for c, name in operand_keys.get((comp.name, inst.name), ()) if c == comp.name)
+        try:
+            cycle = networkx.find_cycle(graph)
+        except networkx.NetworkXNoCycle:
+            continue
+        names = " -> ".join(edge[0] for edge in cycle) + f" -> {cycle[0][0]}"
+        raise fail(f"expected no operand cycle; {names} depend on each other", (comp.name, cycle[0][0]))

@@ -4,28 +4,39 @@ from __future__ import annotations
 
 # Offending lines are cut to this many characters so that a 100 kB constant literal or a
 # megabyte-long generated line cannot flood a log.
-_MAX_SHOWN = 160
+_MAX_SHOWN = 100
 
 
 class ParseError(ValueError):
-    """Malformed HLO or MLIR text.
+    """Malformed HLO or MLIR text, or a program that cannot run (cycles, recursion, absurd sizes).
 
-    The message says where (1-based ``lineno``), shows the offending ``line`` (truncated) and
-    says what was ``expected``; the three are also kept as attributes for programs.
+    The message is one line: where (1-based ``lineno`` and ``column``), what was ``expected``,
+    and the start of the offending ``line``; the parts are also kept as attributes. ``column``
+    is where the problem was found when the scanner knows it, else the first non-blank
+    character of the line (the start of the statement).
     """
 
-    def __init__(self, expected: str, lineno: int | None = None, line: str | None = None) -> None:
+    def __init__(self, expected: str, lineno: int | None = None, line: str | None = None,
+                 column: int | None = None, path: str | None = None) -> None:
         self.expected = expected
+        self.path = path
         self.lineno = lineno
         self.line = line
-        where = f"line {lineno}: " if lineno is not None else ""
+        if column is None and line is not None:
+            column = len(line) - len(line.lstrip()) + 1
+        elif column is None and lineno is not None:
+            column = 1
+        self.column = column
+        where = f"{path}: " if path else ""
+        if lineno is not None:
+            where += f"line {lineno}, column {column}: "
         shown = ""
         if line is not None:
-            text = line.strip()
+            text = " ".join(line.split())
             if len(text) > _MAX_SHOWN:
                 text = text[:_MAX_SHOWN] + " ..."
-            shown = f"\n    {text}"
-        super().__init__(f"{where}{expected}{shown}")
+            shown = f" (in: {text})"
+        super().__init__(f"{where}{' '.join(expected.split())}{shown}")
 
 
 class ScanError(ValueError):

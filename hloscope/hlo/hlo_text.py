@@ -6,11 +6,14 @@ import re
 
 from hloscope.hlo.build import build_module
 from hloscope.hlo.errors import ParseError, ScanError
-from hloscope.hlo.model import Computation, HloModule, Instruction, NodeKey, Shape
+from hloscope.hlo.model import Alias, Computation, HloModule, Instruction, NodeKey, Shape
 from hloscope.hlo.scan import balance, blank_strings, find_close, split_top, strip_comments, unquote
+from hloscope.hlo.sharding import hlo_global_reason
 from hloscope.hlo.shapes import parse_hlo_shape
 
 _HEADER = re.compile(r"HloModule\s+([^\s,]+)\s*(,.*)?$")
+# One entry of input_output_alias={ {0}: (0, {}, may-alias), {1}: (2, {0}) }.
+_ALIAS = re.compile(r"\{([\d,\s]*)\}\s*:\s*\(\s*(\d+)\s*,\s*\{([\d,\s]*)\}\s*(?:,\s*([\w\-]+)\s*)?\)")
 _COMP = re.compile(r"(ENTRY\s+)?%?([\w.\-]+)")
 _HEADER_LIKE = re.compile(r"(ENTRY\s+)?%?[\w.\-]+\s*(\(|\{$)")  # no '=': not an instruction
 _INSTR = re.compile(r"(ROOT\s+)?%?([\w.\-]+)\s*=\s*")
@@ -52,30 +55,48 @@ class _HloParser:
         self.sections: dict[str, dict[int, str]] = {s: {} for s in _SECTIONS}
         self.shapes: dict[str, Shape] = {}
         self.needs_entry = False
+        self.header: dict[str, str] = {}
+        self.aliases: list[Alias] = []
 
     def fail(self, expected: str, lineno: int) -> ParseError:
         line = self.lines[lineno - 1] if 1 <= lineno <= len(self.lines) else None
         return ParseError(expected, lineno, line)
 
+    def _code(self, j: int) -> str:
+        """Line index ``j`` stripped, without a trailing ``// comment`` (outside strings)."""
+        line = self.lines[j].strip()
+        if "//" in line:
+            try:
+                k = blank_strings(line).find("//")
+            except ScanError:
+                return line  # an unterminated string: _statement reports it
+            if k >= 0:
+                line = line[:k].rstrip()
+        return line
+
     def _statement(self, i: int) -> tuple[str, str, int]:
-        """The statement starting on line index ``i`` (joined while brackets stay open), the same
-        with its strings blanked (see blank_strings), and the index of the next line."""
+        """The statement starting on line index ``i`` (joined while brackets stay open or a line
+        ends with ',' / the next starts with ','), the same with its strings blanked (see
+        blank_strings), and the index of the next line."""
         parts: list[str] = []
         blanks: list[str] = []
         depth = 0
         j = i
+        n = len(self.lines)
         try:
             while True:
-                if j >= len(self.lines):
+                if j >= n:
                     raise self.fail("expected the brackets of this statement to close "
                                     "before the end of the input", i + 1)
-                line = self.lines[j].strip()
+                line = self._code(j)
                 blank = blank_strings(line)
                 parts.append(line)
                 blanks.append(blank)
                 depth += sum(balance(blank))
                 j += 1
                 if depth <= 0:
+                    if depth == 0 and j < n and (blank.endswith(",") or self._code(j).startswith(",")):
+                        continue  # attributes continued on the next line
                     break
             if depth < 0:
                 raise self.fail("expected no unmatched closing bracket", i + 1)
@@ -87,6 +108,17 @@ class _HloParser:
             raise self.fail(str(e), i + 1) from None
         return stmt, blank, j
 
+    def _skip_block_comment(self, i: int) -> int:
+        """Index of the line after the ``/* ... */`` comment starting line ``i`` (a fuzzer
+        module's licence or seed); the comment must end its line."""
+        for j in range(i, len(self.lines)):
+            k = self.lines[j].find("*/")
+            if k >= 0:
+                if self.lines[j][k + 2:].strip():
+                    raise self.fail("expected nothing after '*/' on the line that ends a comment", j + 1)
+                return j + 1
+        raise self.fail("expected '*/' to close this comment before the end of the input", i + 1)
+
     def parse(self) -> HloModule:
         name: str | None = None
         is_scheduled = False
@@ -96,9 +128,12 @@ class _HloParser:
         n = len(self.lines)
         while i < n:
             lineno = i + 1
-            s = self.lines[i].strip()
-            if not s or s.startswith("//"):
+            s = self._code(i)
+            if not s:
                 i += 1
+                continue
+            if s.startswith("/*") and current is None:
+                i = self._skip_block_comment(i)
                 continue
             if current is not None and s == "}":
                 self._close(current)
@@ -154,6 +189,14 @@ class _HloParser:
         # XLA prints the entry's layout in the header and the ENTRY computation last; a text that
         # promises one and has none was cut short.
         self.needs_entry = "entry_computation_layout" in attributes
+        self.header = attributes
+        aliases = attributes.get("input_output_alias", "")
+        for found in _ALIAS.finditer(aliases):
+            self.aliases.append(Alias(_index(found.group(1)), int(found.group(2)), _index(found.group(3)),
+                                      found.group(4) or "may-alias"))
+        if aliases.strip("{} ") and not self.aliases:
+            raise ScanError(f"expected input_output_alias={{ {{0}}: (0, {{}}, may-alias), ... }}, "
+                            f"got {aliases[:40]!r}")
         return m.group(1), attributes.get("is_scheduled") == "true"
 
     def _open(self, s: str, lineno: int) -> _Comp:
@@ -273,7 +316,16 @@ class _HloParser:
                 if inst.name in comp.frames:
                     inst.source_file, inst.source_line = frames.source(comp.frames[inst.name])
         computations = [Computation(c.name, c.instructions, c.name == entry) for c in self.comps]
-        return build_module(name, "hlo", computations, entry, is_scheduled, operand_keys, loop_parts)
+        module = build_module(name, "hlo", computations, entry, is_scheduled, operand_keys, loop_parts,
+                              lambda reason, key: self.fail(reason, by_name[key[0]].lines[key[1]]))
+        module.input_output_alias = self.aliases
+        module.sizes_are_global = hlo_global_reason(module)
+        return module
+
+
+def _index(text: str) -> tuple[int, ...]:
+    """A ShapeIndex ``0, 1`` (the text inside its braces) as a tuple."""
+    return tuple(int(p) for p in text.replace(" ", "").split(",") if p)
 
 
 def _strip(name: str) -> str:

@@ -19,7 +19,10 @@ _OPERAND = re.compile(r"%([\w$.\-]+)(?:#(\d+))?")
 _OPERAND_EXACT = re.compile(r"%([\w$.\-]+)(?:#(\d+))?$")
 _OP_NAME = re.compile(r"[A-Za-z_][\w$.]*")
 _GENERIC_NAME = re.compile(r'"([A-Za-z_][\w$.]*)"')
-_SYMBOL = re.compile(r'@([\w$.\-]+|"[^"]*")')
+# A symbol (@foo, @"<lambda>"), or a string literal to skip over (its text is not a symbol).
+_SYMBOL = re.compile(r'@([\w$.\-]+|"(?:[^"\\]|\\.)*")|"(?:[^"\\]|\\.)*"')
+# Pretty ops may end in ' attributes {...}' (a while under set_xla_metadata or a sharding).
+_ATTRIBUTES_KW = " attributes "
 _TYPE = re.compile(r"[!\w.$]+")
 _ARG = re.compile(r"\s*%([\w$.\-]+)\s*:\s*")
 _ATTR = re.compile(r'\s*("[^"]*"|[\w$.\-]+)\s*(?:=\s*(.*))?$', re.S)
@@ -212,7 +215,7 @@ def parse_op(t: str, has_regions: bool = False) -> OpSyntax:
     if syntax.count and syntax.is_terminator:
         raise ScanError(f"expected {syntax.op} to have no results")
     if "@" in t:
-        syntax.symbols = [unquote(s) if s.startswith('"') else s for s in _SYMBOL.findall(strip_strings(t))]
+        syntax.symbols = [unquote(s) if s.startswith('"') else s for s in _SYMBOL.findall(t) if s]
     if syntax.op.endswith((".compare", "constant")):
         _normalize(syntax)
     return syntax
@@ -273,6 +276,11 @@ def parse_attr_dict(text: str) -> dict[str, str]:
 
 
 def _pretty(body: str, syntax: OpSyntax) -> None:
+    if _ATTRIBUTES_KW in body:
+        k = top_level_find(body, _ATTRIBUTES_KW, angles=True, last=True)
+        if k >= 0 and body[k + len(_ATTRIBUTES_KW):].lstrip().startswith("{"):
+            syntax.attributes.update(parse_attr_dict(body[k + len(_ATTRIBUTES_KW):]))
+            body = body[:k]
     k = _signature_colon(body)
     args = body if k < 0 else body[:k]
     if k >= 0:

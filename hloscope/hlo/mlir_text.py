@@ -17,8 +17,9 @@ from hloscope.hlo.mlir_locs import LocResolver
 from hloscope.hlo.mlir_ops import (OpSyntax, generic_tail, parse_args, parse_op, result_shape,
                                    set_signature, split_loc)
 from hloscope.hlo.mlir_scope import EMPTY, Frame, OpenOp, Scope, fill_applies_body, region_label
-from hloscope.hlo.model import Computation, HloModule, Instruction, NodeKey, Shape
-from hloscope.hlo.scan import find_close, split_top, unquote
+from hloscope.hlo.model import Alias, Computation, HloModule, Instruction, NodeKey, Shape
+from hloscope.hlo.scan import find_close, split_top, strip_strings, unquote
+from hloscope.hlo.sharding import mlir_global_reason
 from hloscope.hlo.shapes import parse_mlir_type
 
 _MODULE = re.compile(r'module(?:\s+@([\w$.\-]+|"[^"]*"))?')
@@ -28,6 +29,34 @@ _CONTINUATION = re.compile(r"([A-Za-z_]\w*)\s*((?:\(.*\))?)\s*\{$")
 _ALIAS_DEF = re.compile(r"(#[\w.$\-]+)\s*=\s*(.*)$")
 _MODULE_OP = re.compile(r'[A-Za-z_][\w$]*\.[\w$.]+\s|"[\w$.]+"')
 _SYMBOL_LIST = re.compile(r'@([\w$.\-]+|"[^"]*")')
+# A donated argument: '%arg0: tensor<..> {tf.aliasing_output = 0 : i32}' (jax donate_argnums).
+_ALIASING_OUTPUT = re.compile(r"\btf\.aliasing_output\s*=\s*(\d+)")
+
+
+def _net_open(t: str) -> int:
+    """Open ( [ < of one line, strings and '->' not counted."""
+    if '"' in t:
+        t = strip_strings(t)
+    return t.count("(") - t.count(")") + t.count("[") - t.count("]") + t.count("<") - t.count(">") + t.count("->")
+
+
+def _continues(first: str, last: str, opened: int, following: str) -> bool:
+    """Whether the statement (``first`` and ``last`` of its lines so far, ``opened`` its net
+    open brackets) goes on on the ``following`` line.
+
+    It does when ( [ < stay open (a '{' at the end and a '}' at the start are regions, not
+    counted; a trailing '({' and a leading '})' are a generic op's regions), when it ends with
+    ',' or when the next line starts with ':' or '->' (its types)."""
+    if last.endswith(","):
+        return True
+    nxt = following.lstrip()
+    if nxt.startswith((":", "->")) and not last.endswith(("{", ":")):
+        return True
+    if last.endswith("({"):
+        opened -= 1
+    if first.startswith("})"):
+        opened += 1
+    return opened > 0
 
 
 def parse_stablehlo(text: str) -> HloModule:
@@ -37,6 +66,7 @@ def parse_stablehlo(text: str) -> HloModule:
 
 class _MlirParser:
     def __init__(self, text: str) -> None:
+        self.text = text
         self.lines = text.splitlines()
         self.stack: list[Frame] = []
         self.scopes: list[Scope] = []
@@ -46,16 +76,33 @@ class _MlirParser:
         self.module_name: str | None = None
         self.locs = LocResolver()
         self.pending: OpenOp | None = None
+        self.aliases: dict[str, list[Alias]] = {}  # function -> its donated arguments
 
     def parse(self) -> HloModule:
-        for i, raw in enumerate(self.lines):
-            t = raw.strip()
+        lines = self.lines
+        n = len(lines)
+        i = 0
+        while i < n:
+            t = lines[i].strip()
+            start = i
+            i += 1
             if not t or t.startswith("//"):
                 continue
             try:
-                self._line(t, i + 1)
+                # One op may span several lines (operands or types wrapped): join while its
+                # brackets stay open, it ends with ',' or the next line goes on with ':'/'->'.
+                opened = _net_open(t)
+                if i < n and _continues(t, t, opened, lines[i]):
+                    parts, last = [t], t
+                    while i < n and _continues(t, last, opened, lines[i]):
+                        last = lines[i].strip()
+                        parts.append(last)
+                        opened += _net_open(last)
+                        i += 1
+                    t = " ".join(parts)
+                self._line(t, start + 1)
             except ScanError as e:
-                raise ParseError(str(e), i + 1, raw) from None
+                raise ParseError(str(e), start + 1, lines[start]) from None
         if self.stack:
             frame = self.stack[-1]
             what = frame.scope.name if frame.scope is not None else "the module"
@@ -116,8 +163,10 @@ class _MlirParser:
             self._func(t, _FUNC.match(t), lineno)
         elif t.startswith('"func.func"'):
             self._generic_func(t, lineno)
-        elif top is not None and _MODULE_OP.match(t) and not t.endswith("{"):
-            split_top(t, angles=True)  # another dialect's module-level op (sdy.mesh ...): skipped
+        elif _MODULE_OP.match(t) and not t.endswith("{"):
+            # Another dialect's module-level op (sdy.mesh ...), inside a module or in a text of
+            # top-level ops without one: skipped.
+            split_top(t, angles=True)
         else:
             raise ScanError("expected 'module @name {', 'func.func @name(...) {' or '}' here")
 
@@ -135,6 +184,11 @@ class _MlirParser:
         self.funcs.append((name, m.group(1) or "public"))
         for number, (arg, type_text, loc) in enumerate(args):
             scope.add_param(arg, parse_mlir_type(type_text), loc, number, lineno)
+        if "tf.aliasing_output" in t:
+            pieces = split_top(t[m.end() + 1:close], angles=True)
+            self.aliases[name] = [Alias((int(found.group(1)),), number, (), "must-alias")
+                                  for number, piece in enumerate(pieces)
+                                  for found in [_ALIASING_OUTPUT.search(piece)] if found]
         self.stack.append(Frame("func", lineno, False, scope))
 
     def _generic_func(self, t: str, lineno: int) -> None:
@@ -348,8 +402,16 @@ class _MlirParser:
                                                            inst.attributes["condition"])
         computations = [Computation(s.name, s.instructions, s.name == entry,
                                     s.parent.name if s.parent else None) for s in self.scopes]
-        return build_module(self.module_name or entry, "stablehlo", computations, entry, False,
-                            operand_keys, loop_parts)
+
+        def fail(reason: str, key: NodeKey) -> ParseError:
+            lineno = self.by_name[key[0]].lines[key[1]]
+            return ParseError(reason, lineno, self.lines[lineno - 1])
+
+        module = build_module(self.module_name or entry, "stablehlo", computations, entry, False,
+                              operand_keys, loop_parts, fail)
+        module.input_output_alias = self.aliases.get(entry, [])
+        module.sizes_are_global = mlir_global_reason(self.text)
+        return module
 
     def _calls(self, inst: Instruction, symbols: list[str]) -> None:
         """Adds the functions an op names with @symbol (call, composite, custom_call's list)."""

@@ -24,6 +24,13 @@ _BITS: dict[str, int] = {
     "token": 0, "opaque": 0,
 }
 
+#: The deepest chain of calls (while, call, conditional, fusion, region) a module may have; the
+#: schedule walk follows calls this deep, and a text with a deeper chain is refused.
+MAX_CALL_DEPTH = 64
+#: The largest array a shape may describe (1 PiB): more is no program that can run (a 2^63
+#: dimension gives 10^38 bytes); such a text is refused rather than answered.
+MAX_ARRAY_BYTES = 1 << 50
+
 #: Every element type name a Shape may carry ('tuple' is the dtype of tuple shapes).
 DTYPES: frozenset[str] = frozenset(_BITS) | {"tuple"}
 
@@ -95,6 +102,19 @@ class Instruction:
     def __repr__(self) -> str:
         return f"<Instruction {self.computation}/{self.name} = {self.shape} {self.opcode}>"
 
+    def int_attribute(self, key: str, default: int) -> int:
+        """An integer attribute whatever the text's form: HLO ``index=1``, MLIR ``index = 1 :
+        i32`` (generic form) or ``dense<1>``; ``default`` when absent or not an integer."""
+        text = self.attributes.get(key, "").strip()
+        if " : " in text:
+            text = text.rsplit(" : ", 1)[0].strip()
+        if text.startswith("dense<") and text.endswith(">"):
+            text = text[6:-1].strip()
+        try:
+            return int(text)
+        except ValueError:
+            return default
+
 
 @dataclass(eq=False)
 class Computation:
@@ -135,6 +155,19 @@ class WhileLoop:
 NodeKey = tuple[str, str]
 
 
+@dataclass(frozen=True)
+class Alias:
+    """An output that shares an entry parameter's buffer (donation): output tuple index
+    ``output`` (() for a non-tuple output) is written into parameter ``parameter`` at
+    ``parameter_index``. ``kind`` is XLA's 'may-alias' / 'must-alias' (HLO header
+    ``input_output_alias``) or 'must-alias' for StableHLO's ``tf.aliasing_output``."""
+
+    output: tuple[int, ...]
+    parameter: int
+    parameter_index: tuple[int, ...]
+    kind: str
+
+
 @dataclass(eq=False)
 class HloModule:
     """A parsed module.
@@ -153,6 +186,12 @@ class HloModule:
     entry: str
     is_scheduled: bool
     graph: networkx.DiGraph
+    #: Donated buffers: outputs that reuse an entry parameter's memory (see Alias).
+    input_output_alias: list[Alias] = field(default_factory=list)
+    #: None when sizes are per device. Otherwise one line saying why the module's sizes are
+    #: global (whole-array) sizes that no per-device figure may be presented as (see
+    #: hloscope.hlo.sharding).
+    sizes_are_global: str | None = None
     _index: dict[NodeKey, Instruction] = field(default_factory=dict, repr=False)
     _operand_keys: dict[NodeKey, list[NodeKey]] = field(default_factory=dict, repr=False)
     _callers: dict[str, list[Instruction]] = field(default_factory=dict, repr=False)

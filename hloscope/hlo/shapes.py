@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 
 from hloscope.hlo.errors import ScanError
-from hloscope.hlo.model import DTYPES, Shape
+from hloscope.hlo.model import DTYPES, MAX_ARRAY_BYTES, Shape
 from hloscope.hlo.scan import split_top
 
 # Deeper nesting than this is not a real program; refusing it keeps recursion bounded.
@@ -28,7 +28,7 @@ _MLIR_ELEMENT = {
     "index": "s64",
 }
 _TOKEN_TYPES = {"!stablehlo.token", "!mhlo.token", "token"}
-_MLIR_DIM = re.compile(r"(\d+|\?)x")
+_MLIR_DIM = re.compile(r"\s*(\d+|\?)\s*x\s*")  # tensor<3x4xf32>, also tensor<3 x f64>
 _QUANT = re.compile(r"!quant\.\w+<([a-z0-9]+)")
 _BOUNDS = re.compile(r"bounds\s*(?:=\s*\[|<)([^\]>]*)")
 
@@ -67,6 +67,7 @@ def parse_hlo_shape(s: str, i: int = 0, depth: int = 0) -> tuple[Shape, int]:
     if dtype not in DTYPES or dtype == "tuple":
         raise ScanError(f"expected an element type such as f32, s32 or pred; unknown element type {dtype!r}")
     dims = _hlo_dims(m.group(2))
+    _check_size(dtype, dims)
     i = m.end()
     layout = None
     if s.startswith("{", i):
@@ -141,7 +142,17 @@ def _tensor(body: str, encoding: str) -> Shape:
         values = [b.strip() for b in bounds.group(1).split(",")]
         if len(values) == len(dims):
             dims = [int(v) if d < 0 and v.isdecimal() else d for d, v in zip(dims, values)]
-    return Shape(_element(body[i:]), tuple(dims))
+    dtype = _element(body[i:])
+    _check_size(dtype, dims)
+    return Shape(dtype, tuple(dims))
+
+
+def _check_size(dtype: str, dims: "list[int] | tuple[int, ...]") -> None:
+    """Refuses an array larger than MAX_ARRAY_BYTES (an absurd size, not a program)."""
+    size = Shape(dtype, tuple(dims)).nbytes()
+    if size > MAX_ARRAY_BYTES:
+        raise ScanError(f"expected a shape that fits in memory; {dtype}{list(dims)} would be "
+                        f"{size:.3g} bytes (over {MAX_ARRAY_BYTES >> 50} PiB)")
 
 
 def _element(t: str) -> str:
@@ -157,8 +168,11 @@ def _element(t: str) -> str:
 
 
 def parse_int_literal(text: str) -> int | None:
-    """The integer of a scalar literal: HLO ``8`` / ``-1`` or MLIR ``dense<8>``; else None."""
+    """The integer of a scalar literal: HLO ``8`` / ``-1``, MLIR ``dense<8>`` or a typed
+    attribute ``0 : i32`` (the generic form's ``{index = 0 : i32}``); else None."""
     text = text.strip()
+    if " : " in text:
+        text = text.rsplit(" : ", 1)[0].strip()
     if text.startswith("dense<") and text.endswith(">"):
         text = text[6:-1].strip()
     return int(text) if _INT.match(text) else None

@@ -286,7 +286,7 @@ def test_errors_say_where_and_what(text, lineno, expected):
     with pytest.raises(ParseError) as err:
         parse_module(text)
     assert err.value.lineno == lineno, str(err.value)
-    assert expected in str(err.value) and f"line {lineno}:" in str(err.value)
+    assert expected in str(err.value) and f"line {lineno}," in str(err.value)
     assert "internal" not in str(err.value)
 
 
