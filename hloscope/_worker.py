@@ -9,7 +9,6 @@ written when something fails; the caller reads everything else it can find in th
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -17,6 +16,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from hloscope._files import atomic_write_text
 
 # CompiledMemoryStats fields copied into CompileResult.memory, when jaxlib has them.
 _MEMORY_FIELDS = (
@@ -74,14 +75,6 @@ def _devices(target_name: str, count: int) -> list[Any]:
     return devices
 
 
-def _load_builder(spec: str) -> Any:
-    """Imports "module:function" and returns the function."""
-    module_name, sep, function_name = spec.partition(":")
-    if not sep or not module_name or not function_name:
-        raise ValueError(f"builder must be 'module:function', got {spec!r}")
-    return getattr(importlib.import_module(module_name), function_name)
-
-
 def _memory(stats: Any) -> dict[str, int] | None:
     if stats is None:
         return None
@@ -128,9 +121,10 @@ def run(request: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     import jax
 
     from hloscope import cudnn_workspace
+    from hloscope.programs import import_object
 
     devices = _devices(request["target"], int(request["devices"]))
-    builder = _load_builder(request["builder"])
+    builder = import_object(request["builder"])
     lowered = builder(devices=devices, **request["kwargs"])
     if not isinstance(lowered, jax.stages.Lowered):
         raise TypeError(f"builder {request['builder']} returned {type(lowered).__name__}, not jax.stages.Lowered")
@@ -159,16 +153,11 @@ def run(request: dict[str, Any], work_dir: Path) -> dict[str, Any]:
 def _failure(exc: BaseException) -> dict[str, Any]:
     """status/error for an exception: out-of-memory when it says so, else a Python error."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    summary = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:1000]
+    first = lines[0] if lines else ""
+    # A ProgramError already names the builder and the exception it raised.
+    summary = (first if type(exc).__name__ == "ProgramError" else f"{type(exc).__name__}: {first}").rstrip(": ")[:1000]
     oom = isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)
     return {"status": "oom" if oom else "error", "error": summary}
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    # Write then rename: the caller never sees half a result, even if we die mid-write.
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(payload))
-    partial.replace(path)
 
 
 def main(argv: list[str]) -> None:
@@ -180,7 +169,8 @@ def main(argv: list[str]) -> None:
     except BaseException as exc:  # noqa: BLE001 - every failure, SystemExit too, is reported
         traceback.print_exc()
         payload = _failure(exc)
-    _write_json(result_path, payload)
+    # Written whole, then renamed: the caller never sees half a result, even if we die mid-write.
+    atomic_write_text(result_path, json.dumps(payload))
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: the result is safe on disk, and plugin/XLA destructors at exit

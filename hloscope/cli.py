@@ -1,8 +1,12 @@
-"""The `hloscope` command line: profile a program or HLO text, diff two profiles, search chunk
-sizes and remat for reftrain's train step (writing plan.json), print versions.
+"""The `hloscope` command line: profile a program or HLO text, check it against a budget, diff
+two profiles, search reftrain's train-step settings (writing plan.json), print versions.
 
-A user error (bad flag value, unreadable or malformed file, unknown target, missing gpu-aot
-extra) prints one line on stderr and exits 2, writing nothing.
+Exit codes: 0 done (and, for `check`, fits); 1 does not fit the budget, or the compile ran out
+of memory; 2 a user error (bad flag or value, unreadable or malformed file, unknown target,
+missing gpu-aot extra, a program that does not import, raises, crashes or hangs), printed as
+one line on stderr with nothing written.
+
+This module imports neither jax nor reftrain: programs compile in a worker process.
 """
 
 from __future__ import annotations
@@ -13,21 +17,70 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hloscope import search_cli
-from hloscope.hlo import ParseError
-from hloscope.programs import PROGRAMS, AttentionShape, program_options
+from hloscope.errors import UserError
 from hloscope.targets import TARGETS, MissingGpuAotError, UnknownTargetError, check_gpu_aot, get_target
-from hloscope.versions import toolchain_versions
+
+# The built-in programs' options that have flags of their own; any program receives those given.
+_OPTION_FLAGS = {
+    "seq": (int, "global sequence length (tokens)"),
+    "q_chunk": (int, "attention Q chunk"),
+    "kv_chunk": (int, "attention KV chunk (default: twice --q-chunk)"),
+    "batch": (int, "batch size"),
+    "q_heads": (int, "attention programs: query heads"),
+    "kv_heads": (int, "attention programs: key/value heads"),
+    "head_dim": (int, "attention programs: head dimension"),
+    "dtype": (str, "attention programs: bfloat16, float16 or float32"),
+    "kernel": (str, "reftrain's attention kernel: auto (cuDNN for GPU targets), xla or cudnn"),
+    "document_block": (int, "GPU targets: cuDNN runs a shard with itself under documents in blocks of this many tokens (0: one call)"),
+    "model": (str, "layer/train-step: reftrain preset (default mistral-7b)"),
+    "remat": (str, "layer/train-step: full, save_dots or none (default full)"),
+    "attention": (str, "layer/train-step: ours or paper (default ours)"),
+    "layers": (int, "layer/train-step: number of layers (default: the preset's)"),
+}
 
 
-class UserError(Exception):
-    """A mistake in the command line or its inputs: one line, exit code 2."""
+def _parse_value(text: str) -> Any:
+    """A --set value: a JSON literal (42, 1.5, true, null, [1, 2], "x") or else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
-def _write_json(data: dict[str, Any], path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=1))
-    partial.replace(path)
+def _settings(items: list[str]) -> dict[str, Any]:
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"--set {item!r}: expected key=value with a Python identifier as key")
+        settings[key.strip()] = _parse_value(value.strip())
+    return settings
+
+
+def parse_mesh(text: str | None) -> dict[str, int] | None:
+    """`data=2,model=4` -> {"data": 2, "model": 4}; None for no --mesh."""
+    if not text:
+        return None
+    mesh = {}
+    for item in text.split(","):
+        axis, sep, size = item.partition("=")
+        if not sep or not axis.strip().isidentifier() or not size.strip().isdigit() or int(size) < 1:
+            raise UserError(f"--mesh {text!r}: expected axis=size pairs such as data=2,model=4")
+        if axis.strip() in mesh:
+            raise UserError(f"--mesh {text!r}: axis {axis.strip()!r} given twice")
+        mesh[axis.strip()] = int(size)
+    return mesh
+
+
+def _budget(text: str | None) -> int | None:
+    from hloscope.units import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise UserError(f"--budget: {error}") from None
 
 
 def _check_output(path: Path | None) -> None:
@@ -35,114 +88,148 @@ def _check_output(path: Path | None) -> None:
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
 
 
+def _read_hlo(path: Path) -> dict[str, Any]:
+    from hloscope.hlo import ParseError
+    from hloscope.profile import profile_text
+
+    if not path.is_file():
+        raise UserError(f"cannot read --hlo {path}: no such file")
+    try:
+        return profile_text(path)
+    except ParseError as error:
+        raise UserError(f"--hlo {path}: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read --hlo {path}: {error}") from None
+
+
+def _compile(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The profile of --program for the target; None after printing why the compile ran out of memory."""
+    from hloscope.profile import CompileFailed, profile_program
+
+    options = {name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None}
+    options.update(_settings(args.set))
+    mesh = parse_mesh(args.mesh)
+    if get_target(args.target).platform == "cuda":
+        check_gpu_aot()
+    try:
+        return profile_program(args.program, options, target=args.target, devices=args.devices, mesh=mesh,
+                               timeout_s=args.timeout)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    except CompileFailed as failure:
+        if failure.status == "oom":
+            print(f"hloscope: {args.program}: the compile ran out of memory: {failure.error}", file=sys.stderr)
+            return None
+        raise UserError(f"{args.program}: {failure.error}") from None
+
+
 def _profile(args: argparse.Namespace) -> int:
-    from hloscope import plots, report
-    from hloscope.profile import CompileFailed, profile_program, profile_text
+    from hloscope import report
 
     for path in (args.json, args.html):
         _check_output(path)
-    if args.hlo is not None:
-        if not args.hlo.is_file():
-            raise UserError(f"cannot read --hlo {args.hlo}: no such file")
-        try:
-            profile = profile_text(args.hlo)
-        except ParseError as error:
-            raise UserError(f"--hlo {args.hlo}: {error}") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise UserError(f"cannot read --hlo {args.hlo}: {error}") from None
-    else:
-        values = dict(
-            seq=args.seq, q_chunk=args.q_chunk, kv_chunk=args.kv_chunk, batch=args.batch, q_heads=args.q_heads,
-            kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=args.dtype, model=args.model, remat=args.remat,
-            attention=args.attention, document_block=args.document_block, kernel=args.kernel,
-        )
-        try:
-            shape = program_options(args.program, **values)
-            shape.validate(args.devices)
-        except (ValueError, TypeError) as error:
-            raise UserError(str(error)) from None
-        target = get_target(args.target)
-        if target.platform == "cuda":
-            check_gpu_aot()
-        try:
-            profile = profile_program(args.program, shape, target=args.target, devices=args.devices, timeout_s=args.timeout)
-        except CompileFailed as error:
-            print(f"hloscope: {error}", file=sys.stderr)
-            return 1
-    report.print_profile(profile, top=args.top)
+    budget = _budget(args.budget)
+    if args.command == "check" and budget is None:
+        raise UserError("check needs --budget, e.g. --budget 70GiB")
+    profile = _read_hlo(args.hlo) if args.hlo is not None else _compile(args)
+    if profile is None:
+        return 1
+    report.print_profile(profile, top=args.top, budget=budget)
     if args.json:
-        _write_json(profile, args.json)
+        from hloscope._files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(profile, indent=1))
     if args.html:
-        plots.write_html([profile], args.html)
-    return 0
+        from hloscope.html_report import write_report
+
+        write_report([profile], args.html, budget=budget)
+    if budget is None:
+        return 0
+    from hloscope.api import Profile
+
+    name, size = Profile(profile).figure
+    fits = size <= budget
+    from hloscope.units import human_bytes
+
+    print(f"{'fits' if fits else 'DOES NOT FIT'}: {name} {human_bytes(size)} per device, budget {human_bytes(budget)}")
+    return 0 if fits or args.command == "profile" else 1
 
 
 def _load_profile(path: Path) -> dict[str, Any]:
-    from hloscope.profile import SCHEMA
+    from hloscope.api import Profile
 
     try:
-        data = json.loads(path.read_text())
+        return Profile.load(path).data
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is not JSON: {error}") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else None
-        raise UserError(f"{path} is not a profile of schema {SCHEMA} (found {found!r})")
-    return data
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from hloscope import plots, report
+    from hloscope import report
+    from hloscope.html_report import write_report
 
     _check_output(args.html)
     a, b = _load_profile(args.a), _load_profile(args.b)
     report.print_diff(a, b)
     if args.html:
-        plots.write_html([a, b], args.html)
+        write_report([a, b], args.html)
     return 0
 
 
 def _versions(_: argparse.Namespace) -> int:
+    from hloscope.versions import toolchain_versions
+
     for name, version in toolchain_versions().items():
         print(f"{name:<24} {version or 'not installed'}")
     return 0
 
 
+def _add_program_arguments(parser: argparse.ArgumentParser) -> None:
+    from hloscope.programs import BUILTIN_PROGRAMS
+
+    builtins = "; ".join(f"{name}: {program.description}" for name, program in BUILTIN_PROGRAMS.items())
+    parser.add_argument("--program", default="attention",
+                        help=f"a built-in program ({builtins}) or your builder as package.module:function or "
+                             "path/to/file.py:function, called as build(mesh, **options) -> (fn, args)")
+    parser.add_argument("--hlo", type=Path, help="profile this HLO or StableHLO text file instead of compiling")
+    parser.add_argument("--target", default="cpu", help=f"one of: {', '.join(sorted(TARGETS))}")
+    parser.add_argument("--devices", type=int, default=8, help="devices of the target to compile for")
+    parser.add_argument("--mesh", help="mesh axes and sizes, e.g. data=2,model=4 (product = --devices; "
+                                       "default: the built-in program's, or one axis 'data')")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option for the builder (repeatable; VALUE is a JSON literal or a string)")
+    for name, (kind, text) in _OPTION_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    parser.add_argument("--json", type=Path, help="write the profile here (schema: docs/profile_json.md)")
+    parser.add_argument("--html", type=Path, help="write the HTML report here")
+    parser.add_argument("--top", type=int, default=5, help="findings and buffers to print")
+    parser.add_argument("--timeout", type=float, default=600, help="build and compile time limit in seconds")
+
+
 def _parser() -> argparse.ArgumentParser:
+    from hloscope import search_cli
+
     parser = argparse.ArgumentParser(prog="hloscope", description="Per-device memory of JAX programs, from XLA's HLO.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    defaults = AttentionShape()
     profile = commands.add_parser("profile", help="compile a program (or read HLO text) and explain its memory")
-    profile.add_argument("--program", default="attention", choices=sorted(PROGRAMS))
-    profile.add_argument("--hlo", type=Path, help="profile this HLO or StableHLO text file instead of compiling")
-    profile.add_argument("--seq", type=int, default=defaults.seq, help="global sequence length (tokens)")
-    profile.add_argument("--devices", type=int, default=8, help="devices on the sp axis")
-    profile.add_argument("--q-chunk", type=int, default=defaults.q_chunk)
-    profile.add_argument("--kv-chunk", type=int, default=None, help="default: twice --q-chunk")
-    profile.add_argument("--batch", type=int, default=defaults.batch)
-    profile.add_argument("--q-heads", type=int, default=defaults.q_heads)
-    profile.add_argument("--kv-heads", type=int, default=defaults.kv_heads)
-    profile.add_argument("--head-dim", type=int, default=defaults.head_dim)
-    profile.add_argument("--dtype", default=defaults.dtype, choices=["bfloat16", "float16", "float32"])
-    profile.add_argument("--kernel", default="auto", help="reftrain's attention kernel: auto (cuDNN for GPU targets), xla or cudnn")
-    profile.add_argument("--document-block", type=int, default=0,
-                         help="GPU targets: cuDNN runs a shard with itself under documents in blocks of this many tokens (0: one call)")
-    profile.add_argument("--model", help="layer/train-step: reftrain preset (default mistral-7b)")
-    profile.add_argument("--remat", help="layer/train-step: full, save_dots or none (default full)")
-    profile.add_argument("--attention", help="layer/train-step: ours or paper (default ours)")
-    profile.add_argument("--target", default="cpu", help=f"one of: {', '.join(sorted(TARGETS))}")
-    profile.add_argument("--json", type=Path, help="write the profile here (schema: docs/profile_json.md)")
-    profile.add_argument("--html", type=Path, help="write the accumulated curve here (plotly)")
-    profile.add_argument("--top", type=int, default=5, help="findings and buffers to print")
-    profile.add_argument("--timeout", type=float, default=600, help="compile time limit in seconds")
+    _add_program_arguments(profile)
+    profile.add_argument("--budget", help="also judge against this budget per device, e.g. 70GiB (exit stays 0)")
     profile.set_defaults(run=_profile)
+
+    check = commands.add_parser("check", help="profile, then exit 1 if the program does not fit --budget")
+    _add_program_arguments(check)
+    check.add_argument("--budget", required=True, help="bytes per device, or a number with a unit: 70GiB, 80GB")
+    check.set_defaults(run=_profile)
 
     diff = commands.add_parser("diff", help="compare two profiles written with --json")
     diff.add_argument("a", type=Path)
     diff.add_argument("b", type=Path)
-    diff.add_argument("--html", type=Path, help="write both curves overlaid here")
+    diff.add_argument("--html", type=Path, help="write both profiles' report, curves overlaid, here")
     diff.set_defaults(run=_diff)
 
     search_cli.add_parser(commands)

@@ -6,34 +6,68 @@ The dict is what `--json` writes and `hloscope diff` reads; docs/profile_json.md
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from hloscope.compile import CompileRequest, compile_in_worker
 from hloscope.findings import find_offenders
-from hloscope.hlo import HloModule, parse_module
-from hloscope.programs import AttentionShape, get_program
+from hloscope.hlo import HloModule, Instruction, parse_module
+from hloscope.programs import builder_spec
 from hloscope.targets import Target, get_target
 from hloscope.trace import Trace, trace_module
 from hloscope.versions import toolchain_versions
 
-SCHEMA = "hloscope.profile/1"
+SCHEMA = "hloscope.profile/2"
+READABLE_SCHEMAS = ("hloscope.profile/1", SCHEMA)  # diff and Profile.load read both
 CURVE_POINTS = 2000  # the accumulated curve is downsampled to at most this many points
 TOP_BUFFERS = 10
+LIVE_AT_PEAK = 25  # buffers live at the peak kept in the profile (the report's bar chart)
 
 
 class CompileFailed(RuntimeError):
-    """The worker could not compile the program (crash, out of memory, timeout, exception)."""
+    """The worker did not produce a compiled program.
+
+    `status` is the worker's: 'error' (the builder, its import or the compile raised),
+    'crashed', 'oom' or 'timeout'; `log` the tail of what the worker printed.
+    """
+
+    def __init__(self, status: str, error: str, log: str = "") -> None:
+        super().__init__(f"{status}: {error}")
+        self.status, self.error, self.log = status, error, log
 
 
-def _downsample(curve: list[int], points: int = CURVE_POINTS) -> list[list[int]]:
-    """Returns [[schedule index, bytes], ...], keeping each bucket's last (largest) value."""
+def _downsample(curve: list[int], points: int, keep: str) -> list[int]:
+    """Returns the indices kept of `curve`: per bucket its last value ("last", right for a
+    running sum) or its largest ("max", so that a peak is never smoothed away)."""
     if len(curve) <= points:
-        return [[i, b] for i, b in enumerate(curve)]
-    step = len(curve) / points
-    picks = sorted({min(len(curve) - 1, int((i + 1) * step) - 1) for i in range(points)})
-    return [[i, curve[i]] for i in picks]
+        return list(range(len(curve)))
+    bounds = [round(i * len(curve) / points) for i in range(points + 1)]
+    if keep == "last":
+        return [bounds[i + 1] - 1 for i in range(points)]
+    return [max(range(bounds[i], bounds[i + 1]), key=curve.__getitem__) for i in range(points)]
+
+
+def _source(inst: Instruction) -> str | None:
+    return f"{inst.source_file}:{inst.source_line}" if inst.source_file else None
+
+
+def _curves(trace: Trace) -> dict[str, Any]:
+    """Both curves over schedule order, downsampled, and what each kept point's instruction is."""
+    kept_live = _downsample(trace.live_curve, CURVE_POINTS, "max")
+    kept_accumulated = _downsample(trace.prealloc_accumulated, CURVE_POINTS, "last")
+    at = {}
+    for index in sorted({*kept_live, *kept_accumulated}):
+        inst = trace.schedule[index]
+        at[str(index)] = {"instruction": inst.name, "opcode": inst.opcode, "shape": str(inst.shape),
+                          "source": _source(inst)}
+    return {
+        "prealloc_accumulated": [[i, trace.prealloc_accumulated[i]] for i in kept_accumulated],
+        "live": [[i, trace.live_curve[i]] for i in kept_live if i < len(trace.live_curve)],
+        "live_peak_index": trace.live_peak_index,
+        "at": at,
+        "instructions": len(trace.prealloc_accumulated),
+    }
 
 
 def _top_buffers(trace: Trace, count: int) -> list[dict[str, Any]]:
@@ -46,7 +80,7 @@ def _top_buffers(trace: Trace, count: int) -> list[dict[str, Any]]:
             "shape": str(inst.shape),
             "bytes": size,
             "op_name": inst.op_name,
-            "source": f"{inst.source_file}:{inst.source_line}" if inst.source_file else None,
+            "source": _source(inst),
         }
         for inst, size in trace.largest_allocators(count)
     ]
@@ -77,48 +111,68 @@ def analyse(
         },
         "figure_sources": dict(trace.sources),
         "live_at_peak": [
-            {"instruction": inst.name, "shape": str(inst.shape), "bytes": size}
-            for inst, size in trace.live_at_peak[:TOP_BUFFERS]
+            {"instruction": inst.name, "opcode": inst.opcode, "shape": str(inst.shape), "bytes": size,
+             "op_name": inst.op_name, "source": _source(inst)}
+            for inst, size in trace.live_at_peak[:LIVE_AT_PEAK]
         ],
-        "curve": {"prealloc_accumulated": _downsample(accumulated), "instructions": len(accumulated)},
+        "curve": _curves(trace),
         "findings": [finding.to_dict() for finding in findings],
         "top_buffers": _top_buffers(trace, TOP_BUFFERS),
         "memory_analysis": memory,
     }
 
 
-def profile_program(
-    program: str, shape: AttentionShape, *, target: str, devices: int, timeout_s: float = 600
-) -> dict[str, Any]:
-    """Compiles a registered program for a target in a worker and returns its profile dict.
+def _options_dict(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if is_dataclass(options):
+        return asdict(options)
+    return dict(options)
 
-    Raises ValueError for arguments a user got wrong (checked before any compile) and
-    CompileFailed when the worker did not produce a compiled program.
+
+def profile_program(
+    program: str, options: Any = None, *, target: str = "cpu", devices: int = 1,
+    mesh: dict[str, int] | None = None, timeout_s: float = 600,
+) -> dict[str, Any]:
+    """Compiles a program (built-in name or `module:function`) for a target in a worker and
+    returns its profile dict. `options` (a dict or a built-in program's options dataclass) are
+    the builder's keyword arguments.
+
+    Raises ValueError for arguments a user got wrong (checked before any compile),
+    UnknownTargetError / MissingGpuAotError for the target, and CompileFailed when the worker
+    did not produce a compiled program (the builder failed, the worker crashed, timed out or
+    ran out of memory: `status` says which).
     """
-    get_program(program)
-    shape = shape.resolved()
-    shape.validate(devices)
+    options = _options_dict(options)
+    builder_spec(program)
     resolved_target = get_target(target)
+    if not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices must be a positive integer, got {devices!r}")
     started = time.perf_counter()
-    kwargs = {"program": program, **asdict(shape)}
+    request = {"program": program, "options": options, "mesh": mesh}
     result = compile_in_worker(
-        CompileRequest("hloscope.programs:lower_program", kwargs, target, devices, dump=True, timeout_s=timeout_s)
+        CompileRequest("hloscope._lower:lower", request, target, devices, dump=True, timeout_s=timeout_s)
     )
     if not result.ok:
-        raise CompileFailed(f"compile {result.status}: {result.error}")
+        raise CompileFailed(result.status, result.error or "no error message", result.log)
     optimized = parse_module(result.hlo_text)
     profile = analyse(
         optimized, memory=result.memory, buffer_assignment=result.dumps.get("buffer_assignment"),
         target=resolved_target,
     )
+    if resolved_target.platform == "cuda":
+        # XLA:GPU's own peak of its buffer assignment; XLA:CPU reports a number that is not one.
+        profile["figures"]["peak_memory_in_bytes"] = (result.memory or {}).get("peak_memory_in_bytes")
+        profile["figure_sources"]["peak_memory_in_bytes"] = "XLA memory_analysis().peak_memory_in_bytes"
     # The pre-optimization StableHLO is where the paper read Appendix A's buffer.
     if result.stablehlo_text:
         profile["stablehlo_findings"] = [f.to_dict() for f in find_offenders(parse_module(result.stablehlo_text))]
-    label = f"{program} seq={shape.seq} q={shape.q_chunk} kv={shape.kv_chunk} on {devices}x {target}"
+    settings = " ".join(f"{key}={value}" for key, value in options.items() if value is not None)
+    mesh_text = "" if mesh is None else " mesh " + ",".join(f"{axis}={size}" for axis, size in mesh.items())
     profile.update(
         schema=SCHEMA,
-        label=label,
-        source={"program": program, "options": asdict(shape), "devices": devices},
+        label=f"{program}{' ' + settings if settings else ''} on {devices}x {target}{mesh_text}",
+        source={"program": program, "options": options, "devices": devices, "mesh": mesh},
         target={"name": resolved_target.name, "device_kind": resolved_target.device_kind,
                 "memory_bytes": resolved_target.memory_bytes},
         versions=result.versions,

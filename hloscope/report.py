@@ -7,19 +7,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hloscope.units import human_bytes
+
 FIGURES = ("xla_total", "live_peak", "prealloc_accumulated")
 # The paper's Fig. 2 peak reduction for its whole model, (1024, 2048) -> (2048, 4096) chunks.
 PAPER_FIG2_REDUCTION_BYTES = 186e9
 
 
-def human_bytes(count: int | float | None) -> str:
-    """Returns e.g. '34,359,738,368 B (32.00 GiB)'; '-' for None."""
-    if count is None:
-        return "-"
-    return f"{int(count):,} B ({count / 2**30:.2f} GiB)"
-
-
-def _console() -> Console:
+def make_console() -> Console:
     """Returns a console; a pipe or file gets 160 columns instead of rich's 80, so tables stay readable."""
     console = Console()
     return console if console.is_terminal else Console(width=160)
@@ -42,22 +37,27 @@ def _print_findings(console: Console, findings: list[dict[str, Any]], top: int, 
         console.print(f"  #{rank} cause: {finding['cause']}\n     fix: {finding['remedy']}", highlight=False)
 
 
-def print_profile(profile: dict[str, Any], *, top: int = 5, console: Console | None = None) -> None:
-    """Prints the three figures (with their sources), the top findings and the top buffers."""
-    console = console or _console()
+def print_profile(profile: dict[str, Any], *, top: int = 5, console: Console | None = None,
+                  budget: int | None = None) -> None:
+    """Prints the three figures (with their sources), the top findings and the top buffers;
+    `budget` (bytes per device) is printed beside them, else the target's memory."""
+    console = console or make_console()
     console.print(f"[bold]{profile['label']}[/bold]  ({profile['dialect']}, {profile['curve']['instructions']:,} instructions)")
     figures = Table(title="Per-device memory")
     for column in ("figure", "bytes", "source"):
         figures.add_column(column)
-    for name in (*FIGURES, "buffer_assignment_temp", "buffer_assignment_total"):
+    for name in (*FIGURES, "peak_memory_in_bytes", "buffer_assignment_temp", "buffer_assignment_total"):
         if profile["figures"].get(name) is not None or name in FIGURES:
             figures.add_row(name, human_bytes(profile["figures"].get(name)), profile["figure_sources"].get(name, "-"))
     target = profile.get("target") or {}
-    if target.get("memory_bytes"):
-        figures.add_row("device budget", human_bytes(target["memory_bytes"]), target["device_kind"])
+    if budget is not None:
+        figures.add_row("budget", human_bytes(budget), "given")
+    elif target.get("memory_bytes"):
+        figures.add_row("device memory", human_bytes(target["memory_bytes"]), target["device_kind"])
     console.print(figures)
     if profile["findings"]:
-        _print_findings(console, profile["findings"], top, "Findings (optimized HLO)")
+        kind = "optimized HLO" if profile.get("dialect") == "hlo" else profile.get("dialect", "module")
+        _print_findings(console, profile["findings"], top, f"Findings ({kind})")
     else:
         console.print("No findings.")
     if profile.get("stablehlo_findings"):
@@ -78,7 +78,7 @@ def _finding_key(finding: dict[str, Any]) -> tuple:
 
 def print_diff(a: dict[str, Any], b: dict[str, Any], *, console: Console | None = None) -> None:
     """Prints both profiles' figures side by side with the reduction, and unmatched findings."""
-    console = console or _console()
+    console = console or make_console()
     table = Table(title=f"A = {a['label']}\nB = {b['label']}")
     for column in ("figure", "A", "B", "reduction A - B"):
         table.add_column(column)
@@ -87,12 +87,13 @@ def print_diff(a: dict[str, Any], b: dict[str, Any], *, console: Console | None 
         reduction = None if fa is None or fb is None else fa - fb
         table.add_row(name, human_bytes(fa), human_bytes(fb), human_bytes(reduction))
     console.print(table)
-    console.print(
-        f"Paper (Fig. 2): {PAPER_FIG2_REDUCTION_BYTES / 1e9:.0f} GB peak reduction from (1024, 2048) to (2048, 4096) "
-        "chunks, for its whole Mistral-7B training step under its own jax/XLA; the figures above cover only "
-        "the programs profiled here, compiled by the versions they record.",
-        highlight=False,
-    )
+    if all((profile.get("source") or {}).get("program") == "paper-attention" for profile in (a, b)):
+        console.print(
+            f"Paper (Fig. 2): {PAPER_FIG2_REDUCTION_BYTES / 1e9:.0f} GB peak reduction from (1024, 2048) to "
+            "(2048, 4096) chunks, for its whole Mistral-7B training step under its own jax/XLA; the figures above "
+            "cover only the programs profiled here, compiled by the versions they record.",
+            highlight=False,
+        )
     keys_a = {_finding_key(f): f for f in a["findings"]}
     keys_b = {_finding_key(f): f for f in b["findings"]}
     for label, mine, other in (("A", keys_a, keys_b), ("B", keys_b, keys_a)):

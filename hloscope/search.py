@@ -20,13 +20,9 @@ from typing import Any, Callable
 from hloscope.compile import CompileRequest, compile_in_worker
 from hloscope.programs.model_step import ModelStepShape
 from hloscope.speed import predicted_seconds
-from hloscope.targets import get_target
+from hloscope.targets import DEFAULT_MARGIN, get_target
 from hloscope.versions import toolchain_versions
 
-#: Fraction of device memory kept free for what compile-time analysis cannot see: the CUDA
-#: context and cuBLAS/cuDNN workspaces outside XLA's buffers, NCCL's communication buffers and
-#: allocator fragmentation (docs/search.md).
-DEFAULT_MARGIN = 0.10
 CHUNK_OPTIONS = (512, 1024, 2048, 4096, 8192)
 REMAT_OPTIONS = ("full", "save_dots")
 _REMAT_WARNING = re.compile(r".*rematerializ.*", re.IGNORECASE)
@@ -103,13 +99,13 @@ def evaluate(
     """Compiles the train step of `shape` for `target` and judges it against the budget."""
     shape = shape.resolved()
     candidate = Candidate(shape.q_chunk, shape.kv_chunk, shape.remat)
-    kwargs = {"program": "train-step", **asdict(shape)}
+    kwargs = {"program": "train-step", "options": asdict(shape), "mesh": None}
     path = cache_dir() / f"{_cache_key('train-step', kwargs, target, devices)}.json"
     if use_cache and path.exists():
         outcome = Outcome.from_dict(json.loads(path.read_text()))
         outcome.cached = True
     else:
-        result = compile_in_worker(CompileRequest("hloscope.programs:lower_program", kwargs, target, devices, dump=False, timeout_s=timeout_s))
+        result = compile_in_worker(CompileRequest("hloscope._lower:lower", kwargs, target, devices, dump=False, timeout_s=timeout_s))
         warnings = [line.strip()[:200] for line in (result.log or "").splitlines() if _REMAT_WARNING.match(line)]
         outcome = Outcome(candidate, result.status, result.error, remat_warnings=warnings[:5], compile_s=result.compile_s)
         if result.ok:

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hloscope.report import _console
-from hloscope.search import DEFAULT_MARGIN, Outcome, candidates, choose, longest_fitting, run_search
-from hloscope.targets import TARGETS, check_gpu_aot, get_target
+from hloscope.report import make_console
+from hloscope.units import gib, parse_size
+from hloscope.errors import UserError
+from hloscope.targets import DEFAULT_MARGIN, TARGETS, check_gpu_aot, get_target
 from hloscope.versions import toolchain_versions
-
-_SIZE = re.compile(r"^\s*([0-9.]+)\s*(GiB|GB|MiB|MB)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "gb": 10**9, "gib": 2**30, "mb": 10**6, "mib": 2**20}
-
-
-def _gib(count: int | float | None) -> str:
-    return "-" if count is None else f"{count / 2**30:,.2f} GiB"
-
-
-def parse_size(text: str) -> int:
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"--memory {text!r}: expected a size such as 80GiB or 2GB")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower() or None])
-
 
 def add_parser(commands) -> None:
     p = commands.add_parser("search", help="search Q/KV chunks and remat for reftrain's train step; write plan.json")
@@ -75,26 +60,31 @@ def _mesh(text: str) -> dict[str, int]:
     return sizes
 
 
-def _table(outcomes: list[Outcome], chosen: Outcome | None, budget: int | None, margin: float) -> Table:
-    usable = f"{_gib(budget * (1 - margin))} usable of {_gib(budget)}" if budget else "no budget"
+def _table(outcomes: list, chosen, budget: int | None, margin: float) -> Table:
+    usable = f"{gib(budget * (1 - margin))} usable of {gib(budget)}" if budget else "no budget"
     table = Table(title=f"train-step candidates (xla_total per device; {usable})")
     for column in ("q", "kv", "remat", "status", "xla_total", "temp", "fits", "headroom", "pred. step", "remat warnings", ""):
         table.add_column(column, justify="right" if column in ("q", "kv", "xla_total", "temp", "headroom", "pred. step") else "left")
     for o in sorted(outcomes, key=lambda o: (not o.fits, o.predicted_s or 1e30)):
         table.add_row(
             str(o.candidate.q_chunk), str(o.candidate.kv_chunk), o.candidate.remat, o.status + (" (cached)" if o.cached else ""),
-            _gib(o.figures.get("xla_total")), _gib(o.figures.get("temp_size_in_bytes")),
-            "yes" if o.fits else "no", _gib(o.headroom_bytes),
+            gib(o.figures.get("xla_total")), gib(o.figures.get("temp_size_in_bytes")),
+            "yes" if o.fits else "no", gib(o.headroom_bytes),
             f"{o.predicted_s:.2f} s" if o.predicted_s else "-", str(len(o.remat_warnings)), "<- chosen" if o is chosen else "",
         )
     return table
 
 
 def run(args: argparse.Namespace) -> int:
-    from reftrain.plan import Plan, write_plan
+    from hloscope._quiet import native_noise_filtered
 
-    from hloscope.cli import UserError
-    from hloscope.programs.model_step import ModelStepShape
+    # hloscope.search loads reftrain and jax, so it is imported when a search runs, not for --help;
+    # jax's CUDA plugin writes to fd 2 as it loads.
+    with native_noise_filtered():
+        from reftrain.plan import Plan, write_plan
+
+        from hloscope.programs.model_step import ModelStepShape
+        from hloscope.search import candidates, choose, longest_fitting, run_search
 
     try:
         target = get_target(args.target)
@@ -116,12 +106,12 @@ def run(args: argparse.Namespace) -> int:
     if target.platform == "cuda":
         check_gpu_aot()
 
-    console = _console()
+    console = make_console()
     columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]}"))
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("search", total=len(cands), last="")
 
-        def done(o: Outcome) -> None:
+        def done(o) -> None:
             progress.update(task, advance=1, last=f"q={o.candidate.q_chunk} kv={o.candidate.kv_chunk} {o.candidate.remat}: {o.status}")
 
         outcomes = run_search(base, args.target, args.devices, cands, budget=budget, margin=args.margin, jobs=args.jobs,
@@ -134,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     c = chosen.candidate
     console.print(
         f"chosen: q_chunk={c.q_chunk} kv_chunk={c.kv_chunk} remat={c.remat}: xla_total "
-        f"{_gib(chosen.figures['xla_total'])} per device, headroom {_gib(chosen.headroom_bytes)}"
+        f"{gib(chosen.figures['xla_total'])} per device, headroom {gib(chosen.headroom_bytes)}"
     )
     if args.max_seq:
         step = sizes["sp"] * max(c.q_chunk, c.kv_chunk)
@@ -149,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if seq:
             console.print(f"longest that fits (multiples of {step:,}, up to {upper:,}): {seq:,} tokens, "
                           f"q={best.candidate.q_chunk} kv={best.candidate.kv_chunk} {best.candidate.remat}, "
-                          f"xla_total {_gib(best.figures['xla_total'])}")
+                          f"xla_total {gib(best.figures['xla_total'])}")
     if args.out is not None:
         versions = toolchain_versions()
         plan = Plan(

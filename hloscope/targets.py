@@ -15,6 +15,11 @@ from typing import Literal
 # The extra that brings the CUDA plugin and ptxas; named in every "missing" message.
 GPU_AOT_INSTALL = 'pip install -e ".[gpu-aot]"'
 
+#: Fraction of device memory kept free for what compile-time analysis cannot see: the CUDA
+#: context and cuBLAS/cuDNN workspaces outside XLA's buffers, NCCL's communication buffers and
+#: allocator fragmentation (docs/search.md).
+DEFAULT_MARGIN = 0.10
+
 
 class UnknownTargetError(ValueError):
     """A target name that is not in TARGETS."""

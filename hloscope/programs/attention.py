@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hloscope.programs._registry import AttentionShape, Program, register
+from hloscope.programs.attention_shape import AttentionShape
 from reftrain.attention import ring_attention
 from reftrain.attention._kernels import resolve_kernel
 
@@ -33,8 +33,18 @@ def qkv_gradient(local, mesh: Mesh, segment_spec: P):
     return jax.grad(loss, argnums=(0, 1, 2))
 
 
-def build(mesh: Mesh, shape: AttentionShape):
+def sequence_shape(mesh: Mesh, options: dict) -> AttentionShape:
+    """Returns the attention options for `mesh`, checked (ValueError names what does not fit)."""
+    if "sp" not in mesh.axis_names:
+        raise ValueError(f"the attention programs need a mesh axis named 'sp', got {dict(mesh.shape)}")
+    shape = AttentionShape(**options).resolved()
+    shape.validate(mesh.shape["sp"])
+    return shape
+
+
+def build(mesh: Mesh, **options):
     """Returns (grad of sum(attention) wrt q, k, v; abstract q, k, v, segment_ids)."""
+    shape = sequence_shape(mesh, options)
     spec = P(None, "sp")
 
     # The kernel reftrain would pick on these devices (cuDNN for a GPU target, compiled or not).
@@ -50,11 +60,3 @@ def build(mesh: Mesh, shape: AttentionShape):
     arguments = [*sequence_sharded_inputs(mesh, shape, shape.kv_heads), segment_ids]
     return qkv_gradient(local, mesh, spec), arguments
 
-
-PROGRAM = register(
-    Program(
-        name="attention",
-        description="gradient wrt q, k, v of reftrain's ring attention (custom VJP, GQA, segment ids rotating)",
-        build=build,
-    )
-)

@@ -1,15 +1,8 @@
-"""Programs hloscope can profile: each builds a jitted function and abstract inputs for a mesh."""
+"""The options of the `attention` and `paper-attention` programs (no jax, no reftrain here)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Sequence
-
-import jax
-import numpy as np
-from jax.sharding import Mesh
-
-from reftrain.attention._kernels import KERNELS
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -47,52 +40,11 @@ class AttentionShape:
             raise ValueError(f"--q-heads {shape.q_heads} is not a multiple of --kv-heads {shape.kv_heads}")
         if shape.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"--dtype {shape.dtype} is not one of bfloat16, float16, float32")
-        if shape.kernel not in KERNELS:
-            raise ValueError(f"--kernel {shape.kernel} is not one of {', '.join(KERNELS)}")
+        # The kernel name is checked by reftrain's resolve_kernel when the program is built.
         if shape.document_block < 0:
             raise ValueError(f"--document-block must be >= 0, got {shape.document_block}")
 
 
-@dataclass(frozen=True)
-class Program:
-    """A named program: `build(mesh, shape)` returns (function to jit, abstract arguments)."""
-
-    name: str
-    description: str
-    build: Callable[[Mesh, Any], tuple[Callable, Sequence[jax.ShapeDtypeStruct]]]
-    options: type = AttentionShape
-
-
-PROGRAMS: dict[str, Program] = {}
-
-
-def register(program: Program) -> Program:
-    PROGRAMS[program.name] = program
-    return program
-
-
-def get_program(name: str) -> Program:
-    """Returns the registered program or raises ValueError listing the known names."""
-    if name not in PROGRAMS:
-        raise ValueError(f"unknown program {name!r}; known programs: {', '.join(sorted(PROGRAMS))}")
-    return PROGRAMS[name]
-
-
-def program_options(name: str, **values) -> Any:
-    """Returns the program's options dataclass from `values` (None means the default)."""
-    program = get_program(name)
-    known = {f.name for f in fields(program.options)}
-    options = {k: v for k, v in values.items() if k in known and v is not None}
-    return program.options(**options).resolved()
-
-
-def lower_program(devices: Sequence[jax.Device], program: str, **values) -> jax.stages.Lowered:
-    """Returns the lowered program over `devices` (the compile worker's builder): on the mesh its
-    options describe, else a one-axis `sp` mesh; a function that is already jitted keeps its
-    shardings and donation."""
-    options = program_options(program, **values)
-    options.validate(len(devices))
-    mesh = options.mesh(devices) if hasattr(options, "mesh") else Mesh(np.array(devices), ("sp",))
-    function, arguments = get_program(program).build(mesh, options)
-    jitted = function if hasattr(function, "lower") else jax.jit(function)
-    return jitted.lower(*arguments)
+def sequence_mesh(devices: int, **_: object) -> dict[str, int]:
+    """The attention programs' default mesh: one `sp` axis over every device."""
+    return {"sp": devices}

@@ -12,11 +12,9 @@ from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hloscope.programs._registry import Program, register
 from hloscope.programs.paper_attention import paper_ring_attention
 from reftrain.config import PRESETS, REMAT_POLICIES, ModelConfig
 from reftrain.layers import DecoderLayer, register_attention
@@ -97,9 +95,6 @@ class ModelStepShape:
             attention_kernel=shape.kernel,
         )
 
-    def mesh(self, devices) -> Mesh:
-        sizes = self.mesh_sizes(len(devices))
-        return Mesh(np.asarray(devices).reshape(*(sizes[a] for a in AXES)), AXES)
 
 
 def _tokens(mesh: Mesh, shape: ModelStepShape, leading: tuple[int, ...] = ()) -> jax.ShapeDtypeStruct:
@@ -107,8 +102,24 @@ def _tokens(mesh: Mesh, shape: ModelStepShape, leading: tuple[int, ...] = ()) ->
     return jax.ShapeDtypeStruct((*leading, shape.batch, shape.seq), jnp.int32, sharding=NamedSharding(mesh, spec))
 
 
-def build_train_step(mesh: Mesh, shape: ModelStepShape):
+def model_mesh(devices: int, **options) -> dict[str, int]:
+    """The model programs' default mesh: dp, fsdp, tp as the options say, sp the remaining devices."""
+    return ModelStepShape(**options).mesh_sizes(devices)
+
+
+def model_shape(mesh: Mesh, options: dict) -> ModelStepShape:
+    """Returns the options for `mesh` (reftrain's axes, in order), checked."""
+    if tuple(mesh.axis_names) != AXES:
+        raise ValueError(f"the model programs need reftrain's mesh axes {AXES}, got {tuple(mesh.axis_names)}")
+    sizes = dict(mesh.shape)
+    shape = ModelStepShape(**{**options, **{axis: sizes[axis] for axis in ("dp", "fsdp", "tp", "sp")}}).resolved()
+    shape.validate(mesh.size)
+    return shape
+
+
+def build_train_step(mesh: Mesh, **options):
     """Returns (reftrain's jitted train step, abstract train state and batch)."""
+    shape = model_shape(mesh, options)
     config = shape.config()
     optimizer, schedule = make_optimizer(get_phase(shape.model, 3), total_steps=1000)
     state = abstract_state(config, optimizer, mesh)
@@ -119,8 +130,9 @@ def build_train_step(mesh: Mesh, shape: ModelStepShape):
     return make_train_step(config, optimizer, schedule, mesh), [state, batch]
 
 
-def build_layer(mesh: Mesh, shape: ModelStepShape):
+def build_layer(mesh: Mesh, **options):
     """Returns (grad of one decoder layer wrt its params and input, abstract params, x, positions, ids)."""
+    shape = model_shape(mesh, options)
     config = shape.config()
     dtype = jnp.dtype(config.compute_dtype)
     layer = DecoderLayer(config, mesh)
@@ -143,6 +155,3 @@ def build_layer(mesh: Mesh, shape: ModelStepShape):
     step = jax.checkpoint(loss) if config.remat_policy == "full" else loss
     return jax.jit(jax.grad(step, argnums=(0, 1))), [params, x, tokens, tokens]
 
-
-register(Program("train-step", "one complete reftrain optimizer step (forward, chunked loss, backward, AdamW) of a preset", build_train_step, ModelStepShape))
-register(Program("layer", "one reftrain decoder layer, forward and backward", build_layer, ModelStepShape))

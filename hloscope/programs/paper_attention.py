@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hloscope.programs._registry import AttentionShape, Program, register
-from hloscope.programs.attention import qkv_gradient, sequence_sharded_inputs
+from hloscope.programs.attention import qkv_gradient, sequence_shape, sequence_sharded_inputs
 
 
 def paper_ring_attention(q, k, v, segment_ids, *, q_chunk: int, kv_chunk: int, axis_name: str):
@@ -84,8 +83,12 @@ def paper_ring_attention(q, k, v, segment_ids, *, q_chunk: int, kv_chunk: int, a
     return out.swapaxes(0, 1).reshape(q.shape).astype(q.dtype)
 
 
-def build(mesh: Mesh, shape: AttentionShape):
-    """Returns (grad of sum(attention) wrt q, k, v by autodiff; abstract q, k, v, full segment_ids)."""
+def build(mesh: Mesh, **options):
+    """Returns (grad of sum(attention) wrt q, k, v by autodiff; abstract q, k, v, full segment_ids).
+
+    `kv_heads` is ignored: the paper's codebase had no GQA, so k and v have as many heads as q.
+    """
+    shape = sequence_shape(mesh, options)
 
     def local(q, k, v, segment_ids):
         return paper_ring_attention(q, k, v, segment_ids, q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, axis_name="sp")
@@ -94,11 +97,3 @@ def build(mesh: Mesh, shape: AttentionShape):
     arguments = [*sequence_sharded_inputs(mesh, shape, shape.q_heads), replicated]
     return qkv_gradient(local, mesh, P()), arguments
 
-
-PROGRAM = register(
-    Program(
-        name="paper-attention",
-        description="the paper codebase's ring attention structure, autodiff through checkpointed nested scans (reproduction only)",
-        build=build,  # ignores kv_heads: k and v have as many heads as q
-    )
-)

@@ -135,7 +135,7 @@ def test_diff_refuses_a_file_that_is_not_a_profile(tmp_path, capsys):
     bogus = tmp_path / "plan.json"
     bogus.write_text(json.dumps({"schema": "plan/1"}))
     assert cli.main(["diff", str(bogus), str(bogus)]) == 2
-    assert "is not a profile of schema hloscope.profile/1" in capsys.readouterr().err
+    assert "is not a hloscope profile (schema 'plan/1')" in capsys.readouterr().err
 
 
 def test_our_attention_has_no_integer_table_before_optimization_either():

@@ -1,0 +1,7 @@
+"""`python -m hloscope` is the `hloscope` command."""
+
+import sys
+
+from hloscope.cli import main
+
+sys.exit(main())
