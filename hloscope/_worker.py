@@ -156,7 +156,8 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     first = lines[0] if lines else ""
     # A ProgramError already names the builder and the exception it raised.
     summary = (first if type(exc).__name__ == "ProgramError" else f"{type(exc).__name__}: {first}").rstrip(": ")[:1000]
-    oom = isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)
+    # A builder's MemoryError comes wrapped in the ProgramError that names the builder.
+    oom = isinstance(exc, MemoryError) or isinstance(exc.__cause__, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)
     return {"status": "oom" if oom else "error", "error": summary}
 
 

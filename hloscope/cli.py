@@ -105,6 +105,7 @@ def _read_hlo(path: Path) -> dict[str, Any]:
 def _compile(args: argparse.Namespace) -> dict[str, Any] | None:
     """The profile of --program for the target; None after printing why the compile ran out of memory."""
     from hloscope.profile import CompileFailed, profile_program
+    from hloscope.programs import builder_spec
 
     options = {name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None}
     options.update(_settings(args.set))
@@ -117,10 +118,12 @@ def _compile(args: argparse.Namespace) -> dict[str, Any] | None:
     except ValueError as error:
         raise UserError(str(error)) from None
     except CompileFailed as failure:
+        # A builder's own errors already name it; a crash or a timeout does not.
+        named = failure.error if builder_spec(args.program) in failure.error else f"{args.program}: {failure.error}"
         if failure.status == "oom":
-            print(f"hloscope: {args.program}: the compile ran out of memory: {failure.error}", file=sys.stderr)
+            print(f"hloscope: ran out of memory: {named}", file=sys.stderr)
             return None
-        raise UserError(f"{args.program}: {failure.error}") from None
+        raise UserError(named) from None
 
 
 def _profile(args: argparse.Namespace) -> int:
