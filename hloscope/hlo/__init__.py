@@ -33,7 +33,7 @@ __all__ = [
 
 # The first statement of MLIR text: a module, a function, an alias, or a top-level op of another
 # dialect (a text of 'sdy.mesh @mesh = ...' and functions without a module around them).
-_MLIR_START = re.compile(r'(module\b|func\.func\b|func\s+@|"builtin\.module"|"func\.func"|#'
+_MLIR_START = re.compile(r'(module\b|func\.func\b|func\s+@|"builtin\.module"|"func\.func"|#|![\w.$\-]+\s*='
                          r'|[A-Za-z_]\w*\.[\w.]+\s+@)')
 
 

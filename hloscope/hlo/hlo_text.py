@@ -18,6 +18,9 @@ _COMP = re.compile(r"(ENTRY\s+)?%?([\w.\-]+)")
 _HEADER_LIKE = re.compile(r"(ENTRY\s+)?%?[\w.\-]+\s*(\(|\{$)")  # no '=': not an instruction
 _INSTR = re.compile(r"(ROOT\s+)?%?([\w.\-]+)\s*=\s*")
 _OPCODE = re.compile(r"\s*([\w\-]+)\(")
+_INFERRED = Shape("tuple", (), None, ())  # placeholder until _infer_shapes
+# A line that goes on with the statement before: ', attr=..' or 'opcode(' (no 'name =' first).
+_GOES_ON = re.compile(r",|[a-z][\w\-]*\(")
 _NAME = re.compile(r"%?([\w.\-]+)$")
 # The common instruction: array shape, so name, shape and opcode come out of one match.
 _FAST = re.compile(r"(ROOT\s+)?%?([\w.\-]+)\s*=\s*([a-z][a-z0-9]*\[[^\]\[]*\](?:\{[^{}]*\})?)\s*([\w\-]+)\(")
@@ -56,6 +59,7 @@ class _HloParser:
         self.shapes: dict[str, Shape] = {}
         self.needs_entry = False
         self.header: dict[str, str] = {}
+        self.inferred: list[tuple[_Comp, str]] = []  # instructions written without a shape
         self.aliases: list[Alias] = []
 
     def fail(self, expected: str, lineno: int) -> ParseError:
@@ -95,8 +99,8 @@ class _HloParser:
                 depth += sum(balance(blank))
                 j += 1
                 if depth <= 0:
-                    if depth == 0 and j < n and (blank.endswith(",") or self._code(j).startswith(",")):
-                        continue  # attributes continued on the next line
+                    if depth == 0 and j < n and (blank.endswith((",", "=")) or _GOES_ON.match(self._code(j))):
+                        continue  # attributes, or the opcode after a long shape, on the next line
                     break
             if depth < 0:
                 raise self.fail("expected no unmatched closing bracket", i + 1)
@@ -135,7 +139,8 @@ class _HloParser:
             if s.startswith("/*") and current is None:
                 i = self._skip_block_comment(i)
                 continue
-            if current is not None and s == "}":
+            if current is not None and (s == "}" or (s.startswith("}") and s[1:].lstrip().startswith(","))):
+                # '}, execution_thread="x"': attributes of the computation, not kept
                 self._close(current)
                 current = None
                 i += 1
@@ -236,7 +241,11 @@ class _HloParser:
             if m is None:
                 raise ScanError("expected an instruction "
                                 "'[ROOT] %name = shape opcode(operands), attribute=value, ...'")
-            shape, pos = parse_hlo_shape(s, m.end())
+            if _OPCODE.match(s, m.end()):  # 'gte = get-tuple-element(t), index=0': XLA infers it
+                shape, pos = _INFERRED, m.end()
+                self.inferred.append((comp, m.group(2)))
+            else:
+                shape, pos = parse_hlo_shape(s, m.end())
             mo = _OPCODE.match(s, pos)
             if mo is None:
                 raise ScanError(f"expected an opcode followed by '(' at column {pos + 1}")
@@ -260,8 +269,16 @@ class _HloParser:
         elif inner and _SIMPLE_OPERANDS.match(inner):
             operands = [p.strip().lstrip("%") for p in inner.split(",")]
         elif inner:
-            for piece in split_top(inner):
+            for k, piece in enumerate(split_top(inner)):
                 words = piece.split()
+                if len(words) > 1 and piece.rstrip().endswith(")"):
+                    # 'reshape(f32[1,8] parameter(0))': an instruction written in place of its
+                    # name; it becomes an instruction of its own, just before its user.
+                    nested = f"{m.group(2)}.operand{k}"
+                    text = f"{nested} = {piece.strip()}"
+                    self._instruction(text, blank_strings(text), comp, lineno)
+                    operands.append(nested)
+                    continue
                 found = _NAME.match(words[-1]) if words else None
                 if found is None:
                     raise ScanError(f"expected an operand name, got {piece.strip()[:40]!r}")
@@ -282,6 +299,42 @@ class _HloParser:
         if frame is not None and source_file is None:
             comp.frames[name] = frame
 
+    def _infer_shapes(self) -> None:
+        """Shapes of instructions written without one, as XLA infers them: a tuple element's
+        from its tuple, any other's from its first operand (elementwise ops)."""
+        for comp, name in self.inferred:
+            inst = next(i for i in comp.instructions if i.name == name)
+            by_name = {i.name: i for i in comp.instructions}
+            source = by_name.get(inst.operands[0]) if inst.operands else None
+            if source is None or source.shape is _INFERRED:
+                raise self.fail(f"expected a shape on {name!r} (hloscope infers one only from an "
+                                "operand defined before it)", comp.lines[name])
+            shape = source.shape
+            if inst.opcode == "get-tuple-element":
+                index = inst.int_attribute("index", -1)
+                if not (shape.is_tuple and 0 <= index < len(shape.elements)):
+                    raise self.fail(f"expected index= of a tuple element of {source.name!r}", comp.lines[name])
+                shape = shape.elements[index]
+            inst.shape = shape
+
+    def _layout_fits(self, comp: _Comp) -> bool:
+        """Whether ``comp`` takes the parameters the header's entry_computation_layout lists
+        (then, without ENTRY, it is the entry, as XLA takes the last computation; otherwise the
+        text was cut short)."""
+        layout = self.header.get("entry_computation_layout", "").strip()
+        if layout.startswith("{"):
+            layout = layout[1:]
+        if not layout.startswith("("):
+            return False
+        try:
+            inner = layout[1:find_close(layout, 0)].strip()
+            expected = [str(parse_hlo_shape(p)[0]) for p in split_top(inner)] if inner else []
+        except ScanError:
+            return False
+        params = sorted((inst.int_attribute("parameter_number", -1), str(inst.shape))
+                        for inst in comp.instructions if inst.opcode == "parameter")
+        return [shape for _, shape in params] == expected
+
     def _finish(self, name: str, is_scheduled: bool) -> HloModule:
         by_name: dict[str, _Comp] = {}
         for comp in self.comps:
@@ -292,10 +345,11 @@ class _HloParser:
         entries = [c for c in self.comps if c.is_entry]
         if len(entries) > 1:
             raise self.fail("expected one ENTRY computation", entries[1].lineno)
-        if not entries and self.needs_entry:
+        if not entries and self.needs_entry and not self._layout_fits(self.comps[-1]):
             raise self.fail("expected an ENTRY computation (the header has entry_computation_layout; "
                             "is the text cut short?)", len(self.lines))
         entry = entries[0].name if entries else self.comps[-1].name  # as XLA: the last one
+        self._infer_shapes()
         operand_keys: dict[NodeKey, list[NodeKey]] = {}
         loop_parts: dict[NodeKey, tuple[str, str]] = {}
         frames = _StackFrames(self.sections)

@@ -18,7 +18,7 @@ _RESULT = re.compile(rf"%([\w$.\-]+)(?::(\d+))?")
 _OPERAND = re.compile(r"%([\w$.\-]+)(?:#(\d+))?")
 _OPERAND_EXACT = re.compile(r"%([\w$.\-]+)(?:#(\d+))?$")
 _OP_NAME = re.compile(r"[A-Za-z_][\w$.]*")
-_GENERIC_NAME = re.compile(r'"([A-Za-z_][\w$.]*)"')
+_GENERIC_NAME = re.compile(r'"([A-Za-z_][\w$.\-]*)"')  # "stablehlo.cross-replica-sum" too
 # A symbol (@foo, @"<lambda>"), or a string literal to skip over (its text is not a symbol).
 _SYMBOL = re.compile(r'@([\w$.\-]+|"(?:[^"\\]|\\.)*")|"(?:[^"\\]|\\.)*"')
 # Pretty ops may end in ' attributes {...}' (a while under set_xla_metadata or a sharding).
@@ -222,6 +222,8 @@ def parse_op(t: str, has_regions: bool = False) -> OpSyntax:
 
 
 def _generic(t: str, i: int, syntax: OpSyntax, has_regions: bool) -> None:
+    while t.startswith(" ", i):  # '"stablehlo.add" (%a, %b)' is the same op
+        i += 1
     if not t.startswith("(", i):
         raise ScanError("expected '(' with the operands after the operation name")
     close = find_close(t, i, angles=True)
@@ -282,9 +284,13 @@ def _pretty(body: str, syntax: OpSyntax) -> None:
             syntax.attributes.update(parse_attr_dict(body[k + len(_ATTRIBUTES_KW):]))
             body = body[:k]
     k = _signature_colon(body)
-    args = body if k < 0 else body[:k]
-    if k >= 0:
-        set_signature(syntax, body[k + 3:])
+    args, signature = (body, None) if k < 0 else (body[:k], body[k + 3:])
+    if k < 0 and ":" in body:  # '%a: tensor<..>' or '%a :(..) -> ..': spaces left out
+        k = top_level_find(body, ":", angles=True, last=True)
+        if k > 0:
+            args, signature = body[:k], body[k + 1:]
+    if signature is not None:
+        set_signature(syntax, signature)
     pieces = split_top(args, angles=True)  # also validates the brackets of the operand part
     stripped = strip_strings(args)
     syntax.attributes["asm"] = args.strip()

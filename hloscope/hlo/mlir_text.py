@@ -14,7 +14,8 @@ import re
 from hloscope.hlo.build import build_module
 from hloscope.hlo.errors import ParseError, ScanError
 from hloscope.hlo.mlir_locs import LocResolver
-from hloscope.hlo.mlir_ops import (OpSyntax, generic_tail, parse_args, parse_op, result_shape,
+from hloscope.hlo.mlir_ops import (OpSyntax, generic_tail, parse_args, parse_attr_dict, parse_op, read_type,
+                                   result_shape,
                                    set_signature, split_loc)
 from hloscope.hlo.mlir_scope import EMPTY, Frame, OpenOp, Scope, fill_applies_body, region_label
 from hloscope.hlo.model import Alias, Computation, HloModule, Instruction, NodeKey, Shape
@@ -26,6 +27,8 @@ _MODULE = re.compile(r'module(?:\s+@([\w$.\-]+|"[^"]*"))?')
 _FUNC = re.compile(r'(?:func\.func|func)\s+(?:(public|private|nested)\s+)?@([\w$.\-]+|"[^"]*")\s*(?=\()')
 _BLOCK = re.compile(r"\^[\w$.\-]+")
 _CONTINUATION = re.compile(r"([A-Za-z_]\w*)\s*((?:\(.*\))?)\s*\{$")
+_TYPE_ALIAS = re.compile(r"(![\w.$\-]+)\s*=\s*(.*)$")
+_TYPE_USE = re.compile(r"(![\w.$\-]+)")
 _ALIAS_DEF = re.compile(r"(#[\w.$\-]+)\s*=\s*(.*)$")
 _MODULE_OP = re.compile(r'[A-Za-z_][\w$]*\.[\w$.]+\s|"[\w$.]+"')
 _SYMBOL_LIST = re.compile(r'@([\w$.\-]+|"[^"]*")')
@@ -40,23 +43,80 @@ def _net_open(t: str) -> int:
     return t.count("(") - t.count(")") + t.count("[") - t.count("]") + t.count("<") - t.count(">") + t.count("->")
 
 
-def _continues(first: str, last: str, opened: int, following: str) -> bool:
-    """Whether the statement (``first`` and ``last`` of its lines so far, ``opened`` its net
-    open brackets) goes on on the ``following`` line.
+def _net_curly(t: str) -> int:
+    if '"' in t:
+        t = strip_strings(t)
+    return t.count("{") - t.count("}")
 
-    It does when ( [ < stay open (a '{' at the end and a '}' at the start are regions, not
-    counted; a trailing '({' and a leading '})' are a generic op's regions), when it ends with
-    ',' or when the next line starts with ':' or '->' (its types)."""
-    if last.endswith(","):
-        return True
-    nxt = following.lstrip()
-    if nxt.startswith((":", "->")) and not last.endswith(("{", ":")):
-        return True
-    if last.endswith("({"):
-        opened -= 1
-    if first.startswith("})"):
-        opened += 1
-    return opened > 0
+
+def _uncomment(t: str) -> str:
+    """``t`` without a ``// comment`` outside strings."""
+    blank = t if '"' not in t else _BLANKED.sub(lambda m: '"' + "_" * (len(m.group()) - 2) + '"', t)
+    k = blank.find("//")
+    return t if k < 0 else t[:k].rstrip()
+
+
+_BLANKED = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+# A line that starts a statement of its own (not the rest of the one before).
+_STATEMENT_START = re.compile(r'[%"}^#]|//|(?:func|return|module)\b|[A-Za-z_][\w$]*\.[\w$.]+(?:[\s(]|$)')
+# 'key = value' of an attribute dictionary whose '{' ended the line before.
+_ATTR_ENTRY = re.compile(r'(?:[A-Za-z_][\w$.\-]*|"[^"]*")\s*=')
+
+
+class _Joiner:
+    """Decides whether an MLIR statement goes on on the next line: MLIR is not line-based, and
+    other tools wrap operands, types, attribute dictionaries and func headers.
+
+    It does while ( [ < stay open (a '{' at the end and a '}' at the start are regions and do
+    not count, nor a trailing '({' / leading '})'), after a line ending in ',', '=' or ':',
+    before a line starting with ':', '->' or 'attributes', into an attribute dictionary opened
+    at the end of a line (then '{' '}' count), and, for an op with results whose ': type' has
+    not come yet, before a line that does not start a statement of its own."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.last = first
+        self.opened = _net_open(first) - first.endswith("({") + first.startswith("})")
+        self.curly: int | None = None  # open { } once inside an attribute dictionary
+        if not first.endswith("{") and "{" in first and _net_curly(first) > 0:
+            self.curly = _net_curly(first)  # '"op"(%a) {key = 1,' and the rest below
+        eq = first.find("=") if first.startswith("%") else -1
+        self.typed = eq < 0 or ":" in strip_strings(first[eq + 1:])
+
+    def goes_on(self, following: str) -> bool:
+        last, nxt = self.last, following.strip()
+        if self.curly is not None and self.curly > 0:
+            return True
+        if self.opened > 0:
+            return True
+        if last.endswith((",", "=", "->")) or (last.endswith(":") and not self.first.startswith("^")):
+            return True
+        if nxt.startswith((":", "->")) and not last.endswith("{"):
+            return True
+        if nxt.startswith("attributes") and nxt[10:11] in (" ", "{"):
+            return True
+        if last.endswith("{") and not last.endswith("({") and (
+                _ATTR_ENTRY.match(nxt) or nxt.startswith(("} :", "}:"))):  # '{ key = ..' / '{ } : types'
+            self.curly = 1
+            return True
+        if nxt.startswith("{") and not last.endswith("{"):  # no statement starts with '{': attributes
+            self.curly = 0
+            return True
+        if not self.typed and not last.endswith("{") and nxt and not _STATEMENT_START.match(nxt):
+            return True
+        return False
+
+    def add(self, piece: str) -> None:
+        self.last = piece
+        self.opened += _net_open(piece) - piece.endswith("({")
+        if self.curly is not None:
+            net = _net_curly(piece)
+            if piece.endswith("{") and self.curly + net == 1:
+                self.curly = 0  # '}} {': the dictionary closes and the body (a region) opens
+            else:
+                self.curly += net
+        if not self.typed and ":" in strip_strings(piece):
+            self.typed = True
 
 
 def parse_stablehlo(text: str) -> HloModule:
@@ -77,6 +137,7 @@ class _MlirParser:
         self.locs = LocResolver()
         self.pending: OpenOp | None = None
         self.aliases: dict[str, list[Alias]] = {}  # function -> its donated arguments
+        self.type_aliases: dict[str, str] = {}  # '!name' -> the type it stands for
 
     def parse(self) -> HloModule:
         lines = self.lines
@@ -88,17 +149,23 @@ class _MlirParser:
             i += 1
             if not t or t.startswith("//"):
                 continue
+            if "//" in t:  # a trailing comment ('^bb0(..): // no predecessors')
+                t = _uncomment(t)
+            if t.endswith("( {"):  # older MLIR printed a generic op's regions as '( {'
+                t = t[:-3].rstrip() + "({"
             try:
-                # One op may span several lines (operands or types wrapped): join while its
-                # brackets stay open, it ends with ',' or the next line goes on with ':'/'->'.
-                opened = _net_open(t)
-                if i < n and _continues(t, t, opened, lines[i]):
-                    parts, last = [t], t
-                    while i < n and _continues(t, last, opened, lines[i]):
-                        last = lines[i].strip()
-                        parts.append(last)
-                        opened += _net_open(last)
+                # One statement may span several lines (see _Joiner).
+                joiner = _Joiner(t)
+                if i < n and joiner.goes_on(self._peek(i)):
+                    parts = [t]
+                    while i < n and joiner.goes_on(self._peek(i)):
+                        piece = lines[i].strip()
                         i += 1
+                        if "//" in piece:
+                            piece = _uncomment(piece)
+                        if piece:
+                            parts.append(piece)
+                            joiner.add(piece)
                     t = " ".join(parts)
                 self._line(t, start + 1)
             except ScanError as e:
@@ -109,6 +176,20 @@ class _MlirParser:
             raise ParseError(f"expected '}}' to close {what} before the end of the input",
                              frame.lineno, self.lines[frame.lineno - 1])
         return self._finish()
+
+    def _expand(self, t: str) -> str:
+        """``t`` with the type aliases defined so far (``!tuple = tuple<..>``) written out."""
+        if not self.type_aliases:
+            return t
+        return _TYPE_USE.sub(lambda m: self.type_aliases.get(m.group(1), m.group()), t)
+
+    def _peek(self, i: int) -> str:
+        """Line ``i``, or the first line from ``i`` on that is neither blank nor a comment."""
+        for j in range(i, min(i + 64, len(self.lines))):
+            t = self.lines[j].strip()
+            if t and not t.startswith("//"):
+                return t
+        return self.lines[i].strip()
 
     def _line(self, t: str, lineno: int) -> None:
         pending, self.pending = self.pending, None
@@ -122,6 +203,14 @@ class _MlirParser:
             if m.group(2).startswith("loc("):
                 self.locs.define(m.group(1), m.group(2), lineno)
             return
+        if t.startswith("!") and (top is None or top.kind == "module"):
+            m = _TYPE_ALIAS.match(t)
+            if m is None:
+                raise ScanError("expected '!alias = <type>'")
+            self.type_aliases[m.group(1)] = self._expand(m.group(2))
+            return
+        if self.type_aliases and "!" in t:
+            t = self._expand(t)
         if t.startswith("}"):
             self._close(t[1:].strip(), lineno)
         elif top is None or top.kind == "module":
@@ -173,7 +262,15 @@ class _MlirParser:
     def _func(self, t: str, m: re.Match[str], lineno: int) -> None:
         name = unquote(m.group(2)) if m.group(2).startswith('"') else m.group(2)
         close = find_close(t, m.end(), angles=True)
-        args = parse_args(t[m.end() + 1:close])
+        try:
+            args = parse_args(t[m.end() + 1:close])
+        except ScanError:
+            # 'func.func @main(tensor<4xf32>) {' then '^bb0(%arg0: tensor<4xf32>):': the
+            # arguments are named by the entry block's label.
+            pieces = split_top(t[m.end() + 1:close], angles=True)
+            if not all(read_type(p.strip(), 0)[1] == len(p.strip()) for p in pieces):
+                raise
+            args = []
         rest = t[close + 1:].strip()
         if not rest.endswith("{"):
             split_top(rest, angles=True)
@@ -358,6 +455,10 @@ class _MlirParser:
             if m is not None:
                 self._open_region(op, lineno, m.group(2))
                 return
+            if rest.startswith("{"):  # '} {attr = ..} : types': attributes after the region
+                end = find_close(rest, 0, angles=True)
+                op.syntax.attributes.update(parse_attr_dict(rest[:end + 1]))
+                rest = rest[end + 1:].strip()
             if rest.startswith(":"):
                 set_signature(op.syntax, rest[1:])
             elif rest:
@@ -418,8 +519,9 @@ class _MlirParser:
         if inst.opcode == "custom_call":  # its @target is a kernel name, not a function
             listed = inst.attributes.get("called_computations", "")
             symbols = [unquote(s) if s.startswith('"') else s for s in _SYMBOL_LIST.findall(listed)]
-        for symbol in symbols:
+        for k, symbol in enumerate(symbols):
             if symbol in self.by_name and self.by_name[symbol].parent is None:
                 inst.called_computations.append(symbol)
-            elif inst.opcode == "call" and symbol not in self.declared:
+            elif inst.opcode == "call" and k == 0 and symbol not in self.declared:
+                # The callee is the first symbol; later ones are attributes' (@mesh of a sharding).
                 raise ScanError(f"expected function @{symbol} to be defined")

@@ -115,8 +115,9 @@ def _mlir_type(t: str, depth: int) -> Shape:
     if t.startswith("tensor<") and t.endswith(">"):
         parts = split_top(t[7:-1], angles=True)
         return _tensor(parts[0].strip(), ",".join(parts[1:]))
-    if t.startswith("tuple<") and t.endswith(">"):
-        inner = t[6:-1].strip()
+    if t.startswith(("tuple<", "!mhlo.async_bundle<")) and t.endswith(">"):
+        # An async bundle (mhlo.async_start's result) holds its members like a tuple.
+        inner = t[t.index("<") + 1:-1].strip()
         if not inner:
             return Shape("tuple", (), None, ())
         members = tuple(parse_mlir_type(p, depth + 1) for p in split_top(inner, angles=True))

@@ -102,6 +102,51 @@ func.func @main(%arg0: tensor<2xf32>) -> tensor<2xf32> {
   }
 }
 """,
+    # Found by the corpus run (analyses/hlo_corpus.py): forms other tools write.
+    "hlo instruction without a shape, nested operand, '}, execution_thread=', opcode on the next line": """HloModule m
+
+helper {
+  x = (f32[4], s32[]) parameter(0)
+  ROOT g = get-tuple-element(x), index=0
+}, execution_thread="main"
+
+ENTRY e {
+  p = f32[4] parameter(0)
+  r = f32[2,2] reshape(f32[4] negate(p))
+  ROOT t = (f32[2,2], f32[4])
+      tuple(r, p)
+}
+""",
+    "mlir attribute dictionaries, types and headers across lines": """!pair = tuple<tensor<2xf32>, tensor<2xf32>>
+module @m attributes {mhlo.frontend_attributes = {a =
+    "1"}} {
+  func.func @main(%arg0 : tensor<2xf32>) ->
+      tensor<2xf32> attributes {
+    // a comment inside the dictionary
+    execution_thread = "main"
+  } {
+    %0 = "stablehlo.compare" (%arg0, %arg0) {
+      comparison_direction = #stablehlo<comparison_direction LT>
+    } : (tensor<2xf32>, tensor<2xf32>) -> tensor<2xi1>
+    %1 = stablehlo.abs %arg0: tensor<2xf32>
+    %t = "stablehlo.tuple"(%1, %arg0) : (tensor<2xf32>, tensor<2xf32>) -> !pair
+    %2 = "stablehlo.reduce"(%1, %1) ( {
+    ^bb0(%a: tensor<f32>, %b: tensor<f32>): // no predecessors
+      %s = stablehlo.add %a, %b : tensor<f32>
+      "stablehlo.return"(%s) : (tensor<f32>) -> ()
+    }) {dimensions = array<i64: 0>} : (tensor<2xf32>, tensor<2xf32>) -> tensor<2xf32>
+    return %1 : tensor<2xf32>
+  }
+}
+""",
+    "mlir unnamed function arguments named by the entry block": """module @m {
+func.func @main(tensor<4xf32>) -> tensor<4xf32> {
+^bb0(%arg0: tensor<4xf32>):
+  %0 = "mhlo.add"(%arg0, %arg0) : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>
+  func.return %0 : tensor<4xf32>
+}
+}
+""",
 }
 
 
@@ -129,6 +174,18 @@ def test_gap_details():
     assert gte.int_attribute("index", -1) == 1
     # The negate reads element 1 (3 floats); the tuple of arguments costs nothing more.
     assert trace_module(m).live_peak == (2 + 3 + 3) * 4
+
+
+def test_corpus_forms_details():
+    m = parse_module(ACCEPTED["hlo instruction without a shape, nested operand, '}, execution_thread=', "
+                              "opcode on the next line"])
+    assert str(m.instruction("helper", "g").shape) == "f32[4]"  # element 0 of the tuple, as XLA infers
+    assert [i.name for i in m.computations["e"].instructions] == ["p", "r.operand0", "r", "t"]
+    assert m.computations["e"].root().opcode == "tuple"
+    m = parse_module(ACCEPTED["mlir attribute dictionaries, types and headers across lines"])
+    assert m.instruction("main", "0").attributes["direction"] == "LT"
+    assert str(m.instruction("main", "t").shape) == "(f32[2], f32[2])"
+    assert [str(i.shape) for i in m.computations["main"].instructions if i.opcode == "parameter"] == ["f32[2]"]
 
 
 def _deep_calls(depth: int) -> str:
