@@ -90,12 +90,15 @@ def _check_output(path: Path | None) -> None:
 
 def _read_hlo(path: Path) -> dict[str, Any]:
     from hloscope.hlo import ParseError
+    from hloscope.hlo_input import HloInputError
     from hloscope.profile import profile_text
 
-    if not path.is_file():
-        raise UserError(f"cannot read --hlo {path}: no such file")
+    if not path.exists():
+        raise UserError(f"cannot read --hlo {path}: no such file or folder")
     try:
         return profile_text(path)
+    except HloInputError as error:
+        raise UserError(f"--hlo {error}") from None
     except ParseError as error:
         raise UserError(f"--hlo {path}: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -198,7 +201,8 @@ def _add_program_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", default="attention",
                         help=f"a built-in program ({builtins}) or your builder as package.module:function or "
                              "path/to/file.py:function, called as build(mesh, **options) -> (fn, args)")
-    parser.add_argument("--hlo", type=Path, help="profile this HLO or StableHLO text file instead of compiling")
+    parser.add_argument("--hlo", type=Path, help="profile HLO or StableHLO text instead of compiling: a file, or an "
+                                                 "--xla_dump_to folder (its buffer assignment fills xla_total)")
     parser.add_argument("--target", default="cpu", help=f"one of: {', '.join(sorted(TARGETS))}")
     parser.add_argument("--devices", type=int, default=8, help="devices of the target to compile for")
     parser.add_argument("--mesh", help="mesh axes and sizes, e.g. data=2,model=4 (product = --devices; "

@@ -13,6 +13,7 @@ from typing import Any
 from hloscope.compile import CompileRequest, compile_in_worker
 from hloscope.findings import find_offenders
 from hloscope.hlo import HloModule, Instruction, parse_module
+from hloscope.hlo_input import read_hlo_input
 from hloscope.programs import builder_spec
 from hloscope.targets import Target, get_target
 from hloscope.trace import Trace, trace_module
@@ -101,6 +102,8 @@ def analyse(
     return {
         "dialect": module.dialect,
         "module": module.name,
+        # Why the sizes are the whole program's rather than one device's (unpartitioned input).
+        "sizes_are_global": module.sizes_are_global,
         "figures": {
             "xla_total": trace.xla_total,
             "live_peak": trace.live_peak,
@@ -184,15 +187,17 @@ def profile_program(
     return profile
 
 
-def profile_text(path: Path) -> dict[str, Any]:
-    """Returns the profile of HLO or StableHLO text in a file (raises OSError, ParseError)."""
+def profile_text(path: Path | str, module: str | None = None) -> dict[str, Any]:
+    """Returns the profile of HLO or StableHLO text: a file, or an `--xla_dump_to` folder whose
+    buffer-assignment dump fills xla_total. Raises HloInputError (path) or ParseError (text)."""
     started = time.perf_counter()
-    module = parse_module(Path(path).read_text())
-    profile = analyse(module)
+    hlo = read_hlo_input(str(path), module)
+    profile = analyse(hlo.module, memory=hlo.memory, buffer_assignment=hlo.buffer_assignment)
     profile.update(
         schema=SCHEMA,
         label=Path(path).name,
-        source={"hlo_file": str(path)},
+        source={"hlo_file": str(path), "files_read": hlo.files},
+        notes=hlo.notes,
         target=None,
         versions=toolchain_versions(),
         timing={"total_s": time.perf_counter() - started},

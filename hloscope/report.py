@@ -43,7 +43,10 @@ def print_profile(profile: dict[str, Any], *, top: int = 5, console: Console | N
     `budget` (bytes per device) is printed beside them, else the target's memory."""
     console = console or make_console()
     console.print(f"[bold]{profile['label']}[/bold]  ({profile['dialect']}, {profile['curve']['instructions']:,} instructions)")
-    figures = Table(title="Per-device memory")
+    for note in profile.get("notes") or []:
+        console.print(f"note: {note}", highlight=False)
+    globally = profile.get("sizes_are_global")
+    figures = Table(title=f"Memory of the whole program, not per device: {globally}" if globally else "Per-device memory")
     for column in ("figure", "bytes", "source"):
         figures.add_column(column)
     for name in (*FIGURES, "peak_memory_in_bytes", "buffer_assignment_temp", "buffer_assignment_total"):

@@ -152,3 +152,20 @@ def test_our_attention_has_no_integer_table_before_optimization_either():
     for text in (lowered.as_text(), lowered.compile().as_text()):
         findings = find_offenders(parse_module(text), min_bytes=1 << 16)
         assert not [f for f in findings if f.dtype.startswith(("s", "u"))], findings
+
+
+def test_profile_reads_an_xla_dump_folder_and_fills_xla_total(tmp_path, capsys):
+    def step(w, x):
+        return jnp.tanh(x @ w) @ w.T
+
+    w, x = jnp.ones((256, 512), jnp.float32), jnp.ones((128, 256), jnp.float32)
+    compiled = jax.jit(step).lower(w, x).compile(
+        compiler_options={"xla_dump_to": str(tmp_path / "dump"), "xla_dump_hlo_as_text": True})
+    stats = compiled.memory_analysis()
+    expected = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    out = tmp_path / "p.json"
+    assert cli.main(["profile", "--hlo", str(tmp_path / "dump"), "--json", str(out)]) == 0
+    profile = json.loads(out.read_text())
+    assert profile["figures"]["xla_total"] == expected
+    assert any(path.endswith("buffer-assignment.txt") for path in profile["source"]["files_read"])
+    assert "xla_total" in capsys.readouterr().out
