@@ -7,7 +7,6 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hloscope.report import make_console
@@ -105,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
     if target.platform == "cuda":
         check_gpu_aot()
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = make_console()
     columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]}"))
