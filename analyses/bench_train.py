@@ -8,7 +8,7 @@ documents) case runs in its own process: a jitted, donated step (reftrain.model.
 gradient, AdamW) on a one-device mesh, so attention is reftrain's `blockwise_attention` with
 the kernel `auto` picks (cuDNN on a GPU). MFU counts model FLOPs (matmuls plus causal
 attention, within each document where there are documents; no rematerialisation:
-reftrain.train.metrics) against the device's bf16 dense peak
+reftrain/flops.py) against the device's bf16 dense peak
 (989 TFLOP/s for an H100 SXM). Where the rest goes: the AdamW update is also timed alone,
 and attention's share of the model FLOPs is reported beside each step.
 Writes <out-dir>/bench_train.json and .md.
@@ -73,14 +73,14 @@ def _derived(case: dict, step_s: float, peak_flops: float | None) -> dict:
     """Throughput figures of a measured step. Attention FLOPs are those of the mask the step
     ran: causal over the whole row, or causal within each document (sum of n^2 / length keys
     per token on average, the work cuDNN's packed mode does), so MFU never counts skipped work."""
-    from reftrain.train import metrics
+    from reftrain import flops
 
     config = _config(case)
     _, documents = _case_inputs(case, config.vocab_size)
-    attended = sum(n * n for n in documents) / case["length"] if documents else case["length"]
-    per_token = metrics.train_flops_per_token(config, attended)
+    attended = flops.documents_attended_length(documents or [case["length"]], case["length"])
+    per_token = flops.train_flops_per_token(config, attended)
     tokens_per_s = case["length"] / step_s
-    attention = 6.0 * config.num_layers * config.num_q_heads * config.head_dim * attended
+    attention = flops.attention_flops_per_token(config, attended)
     return {
         "step_s": step_s, "tokens_per_s": tokens_per_s, "attention_length": attended,
         "mfu": per_token * tokens_per_s / peak_flops if peak_flops else None,
@@ -182,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
 def _rescore(path: Path) -> int:
     """Recomputes the derived columns of saved rows from their measured step times (after a
     change to how FLOPs are counted; nothing is re-measured)."""
-    from reftrain.train import metrics
+    from reftrain.flops import peak_flops_of_kind
 
     rows = json.loads(path.read_text())["rows"]
     for row in rows:
         if "step_s" in row:
-            peak = next((f for prefix, f in metrics.PEAK_FLOPS.items() if row["device"].startswith(prefix)), None)
+            peak = peak_flops_of_kind(row["device"])
             case = {k: row[k] for k in ("length", "layers", "remat", "documents", "kernel")}
             row.update(_derived(case, row["step_s"], peak))
     _write(rows, path.parent, path.stem)

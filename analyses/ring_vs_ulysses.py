@@ -19,13 +19,15 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when a compile worker imports us
 
 from _common import Claim, parse_args, print_claims, print_table, save_figure, write_json  # noqa: E402
+
+from reftrain import flops  # noqa: E402
 
 BF16, F32, I32 = 2, 4, 4
 METHODS = ("ring", "ulysses", "ulysses+kv-replication")
@@ -39,6 +41,12 @@ COMM_TOLERANCE = 0.01
 MEMORY_TOLERANCE = 0.15
 
 
+def _mistral():
+    from reftrain.config import get_config
+
+    return get_config("mistral-7b")
+
+
 @dataclass(frozen=True)
 class Model:
     """Mistral-7B's shape (docs/model.md); the parameter count is reftrain's."""
@@ -50,12 +58,19 @@ class Model:
     intermediate: int = 14336
     layers: int = 32
     vocab: int = 32000
-    params: int = 7_241_732_096
+    # Mistral-7B's 7,241,732,096, counted by reftrain/flops.py (a test model gives its own).
+    params: int = field(default_factory=lambda: flops.parameter_count(_mistral()))
+
+    @property
+    def config(self):
+        """This shape as reftrain's ModelConfig, for the shared counts (reftrain/flops.py)."""
+        return _mistral().replace(
+            num_q_heads=self.q_heads, num_kv_heads=self.kv_heads, head_dim=self.head_dim, hidden_size=self.hidden,
+            intermediate_size=self.intermediate, num_layers=self.layers, vocab_size=self.vocab)
 
     @property
     def layer_params(self) -> int:
-        attn = self.hidden * (2 * self.q_heads + 2 * self.kv_heads) * self.head_dim
-        return attn + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        return flops.layer_parameters(self.config)
 
 
 MISTRAL = Model()

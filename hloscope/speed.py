@@ -21,6 +21,7 @@ Only the ranking matters; docs/search.md states the model and its limits.
 from __future__ import annotations
 
 from reftrain.config import ModelConfig
+from reftrain.flops import matmul_parameters
 
 PEAK_FLOPS = {"a100-80gb": 312e12, "h100-80gb": 989e12, "h200-141gb": 989e12, "cpu": 1e11}
 SUSTAINED = 0.5
@@ -38,8 +39,7 @@ def predicted_seconds(config: ModelConfig, seq: int, mesh: dict[str, int], targe
     devices = sp * mesh["dp"] * mesh["fsdp"] * mesh["tp"]
     local = seq // sp
     c = config
-    attn = c.hidden_size * c.head_dim * (2 * c.num_q_heads + 2 * c.num_kv_heads)
-    matmul_params = c.num_layers * (attn + 3 * c.hidden_size * c.intermediate_size) + c.hidden_size * c.vocab_size
+    matmul_params = matmul_parameters(c)  # reftrain's one FLOPs formula (reftrain/flops.py)
     remat = 8 / 6 if c.remat_policy == "full" else 1.0
     matmul_flops = 6 * matmul_params * seq / devices * remat
     blocks = (sp - 1) * (local // c.q_chunk) * (local // c.kv_chunk) + _diagonal_blocks(local, c.q_chunk, c.kv_chunk)

@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from reftrain.fields import check_field_types
+
 REMAT_POLICIES = ("full", "save_dots", "none")
 # Built in; `reftrain.layers.register_attention` adds others (hloscope's paper reproduction).
 ATTENTION_IMPLS = ("auto", "dense", "blockwise")
@@ -42,6 +44,7 @@ class YarnConfig:
     truncate: bool = True
 
     def __post_init__(self):
+        check_field_types(self, "yarn")
         if self.ramp not in ("rotations", "index"):
             raise ValueError(f"yarn ramp must be 'rotations' or 'index', got {self.ramp!r}")
         if not self.factor >= 1.0:
@@ -97,6 +100,7 @@ class ModelConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self):
+        check_field_types(self, "model")
         if self.num_q_heads % self.num_kv_heads:
             raise ValueError(f"num_q_heads {self.num_q_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
@@ -114,7 +118,8 @@ class ModelConfig:
         for name in ("mlp_chunk", "document_block"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("q_chunk", "kv_chunk", "loss_chunk", "max_documents"):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_q_heads", "num_kv_heads", "head_dim",
+                     "intermediate_size", "q_chunk", "kv_chunk", "loss_chunk", "max_documents"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of it."""
+"""Small file helpers: atomic writes (a reader sees the old file or the new one, never half of
+it) and telling a Hugging Face checkpoint directory and a phase directory apart."""
 
 from __future__ import annotations
 
@@ -18,3 +19,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def is_hf_checkpoint_dir(path: Path) -> bool:
+    """True for a Hugging Face checkpoint directory: config.json beside *.safetensors files
+    (what `--init-from` and `reftrain.eval --checkpoint` tell from an orbax or phase directory)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def is_phase_dir(path: Path) -> bool:
+    """True for a reftrain phase directory (`<run>/phase<N>`): config.json beside checkpoints/."""
+    path = Path(path)
+    return (path / "config.json").is_file() and (path / "checkpoints").is_dir()

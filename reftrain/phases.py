@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from reftrain.fields import check_field_types
+
 K = 1024  # "300K" is 307,200 tokens, as the paper's 512K is 524,288.
 
 
@@ -24,6 +26,12 @@ class Stage:
     seq_len: int
     sequences: int
     batch_size: int = 1
+
+    def __post_init__(self):
+        check_field_types(self, "stage")
+        for name in ("seq_len", "sequences", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"stage {name} must be positive, got {getattr(self, name)}")
 
     @property
     def tokens(self) -> int:
@@ -47,6 +55,18 @@ class Phase:
     grad_clip: float = 1.0
     note: str = ""
     paper: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        check_field_types(self, "phase")
+        if self.data not in ("pretrain", "sft"):
+            raise ValueError(f"phase data must be 'pretrain' or 'sft', got {self.data!r}")
+        if not self.stages:
+            raise ValueError("phase stages must not be empty")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "learning_rate"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"phase {name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_accum < 1:
+            raise ValueError(f"phase grad_accum must be >= 1, got {self.grad_accum}")
 
     @property
     def tokens(self) -> int:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reftrain.config import SEQUENCE_LAYOUTS, ModelConfig
+from reftrain.config import REMAT_POLICIES, SEQUENCE_LAYOUTS, ModelConfig
+from reftrain.fields import check_field_types
 from reftrain.files import atomic_write_bytes
 
 SCHEMA = "hloscope.plan/1"
@@ -74,11 +75,17 @@ def plan_from_dict(raw: dict[str, Any]) -> Plan:
         plan = Plan(**{key: raw[key] for key in raw if key in Plan.__dataclass_fields__})
     except TypeError as e:
         raise PlanError(f"plan file is missing fields: {e}") from None
+    check_field_types(plan, "plan", PlanError)
+    for name in ("seq_len", "q_chunk", "kv_chunk"):
+        if getattr(plan, name) < 1:
+            raise PlanError(f"plan {name} must be positive, got {getattr(plan, name)}")
+    if plan.remat_policy not in REMAT_POLICIES:
+        raise PlanError(f"plan remat_policy must be one of {', '.join(REMAT_POLICIES)}, got {plan.remat_policy!r}")
     if set(plan.mesh) != set(MESH_AXES) or not all(isinstance(v, int) and v >= 1 for v in plan.mesh.values()):
         raise PlanError(f"plan mesh must give positive integer sizes for {', '.join(MESH_AXES)}, got {plan.mesh}")
     if plan.sequence_layout not in SEQUENCE_LAYOUTS:
         raise PlanError(f"plan sequence_layout must be one of {', '.join(SEQUENCE_LAYOUTS)}, got {plan.sequence_layout!r}")
-    if not isinstance(plan.document_block, int) or plan.document_block < 0:
+    if plan.document_block < 0:
         raise PlanError(f"plan document_block must be an integer >= 0, got {plan.document_block!r}")
     return plan
 

@@ -1,8 +1,9 @@
 """`python -m reftrain.run --phase N`: train one MegaBeam phase in a run directory.
 
-Phases chain: phase N starts from phase N-1's final checkpoint in the same run directory (or
-from `--init-from`, a Hugging Face Mistral directory or an orbax checkpoint directory); a phase
-that has checkpoints resumes from its latest. `--plan plan.json` (from `hloscope search`) sets
+A phase that has checkpoints resumes from its latest; otherwise it starts from `--init-from` (a
+Hugging Face Mistral directory or an orbax checkpoint directory), else from phase N-1's final
+checkpoint in the same run directory, else from a random initialisation, and says which in one
+line on stderr. An unfinished phase N-1 is chained only with `--chain-unfinished`. `--plan plan.json` (from `hloscope search`) sets
 chunks, mesh and remat; without it the preset's default plan is used through the same path.
 """
 
@@ -15,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from reftrain.argparse_one_line import OneLineParser
+
 EPILOG = """examples:
   python -m reftrain.run --phase 1                      # tiny preset, 8 virtual CPU devices, runs/tiny
   python -m reftrain.run --phase 3 --dry-run            # show what would run
@@ -23,19 +26,19 @@ EPILOG = """examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse's default adds the usage)
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m reftrain.run", description=__doc__, epilog=EPILOG,
+def _parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m reftrain.run", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--phase", type=int, required=True, choices=(1, 2, 3, 4), help="MegaBeam phase (section 3)")
+    p.add_argument("--config", type=Path, help="run.toml: options and a [set] table (reftrain/run_config.py); "
+                   "the command line overrides it")
+    p.add_argument("--phase", type=int, choices=(1, 2, 3, 4), help="MegaBeam phase (section 3); required here or in --config")
     p.add_argument("--preset", default="tiny", help="model preset: tiny (CPU-sized) or mistral-7b")
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<preset>)")
     p.add_argument("--plan", type=Path, help="plan.json from hloscope search")
     p.add_argument("--init-from", help="Hugging Face Mistral directory or orbax checkpoint directory")
+    p.add_argument("--chain-unfinished", action="store_true",
+                   help="start from the previous phase's latest checkpoint even if that phase is unfinished "
+                   "(default: an unfinished previous phase is not chained; the phase starts from a random initialisation)")
     p.add_argument("--data-spec", type=Path, help="data spec file (default: the built-in 70/10/15/5 corpora)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a phase field (learning_rate, warmup_steps, stages=LENxCOUNT[xBATCH],...) "
@@ -50,18 +53,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--coordinator", help="multi-host: coordinator address host:port (else cluster env vars)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write the step scalars as TensorBoard events into DIR (extra: tensorboard)")
     p.add_argument("--dry-run", action="store_true", help="print the effective phase, model and plan, then exit")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    return p
 
 
-def _parse_value(current, text: str):
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() == "true"
-    if isinstance(current, (int, float)) and not isinstance(current, bool):
-        return type(current)(float(text)) if isinstance(current, int) and float(text).is_integer() else float(text)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line over `--config`'s options; `args.settings` is the file's [set] then --set."""
+    from reftrain.run_config import RunConfigError, load_run_config
+
+    p = _parser()
+    args = p.parse_args(argv)
+    file_settings: list = []
+    if args.config is not None:
+        try:
+            options, file_settings = load_run_config(args.config)
+        except RunConfigError as e:
+            p.exit(2, f"error: {e}\n")
+        if options.get("phase") not in (None, 1, 2, 3, 4):
+            p.exit(2, f"error: --config {args.config}: phase must be 1-4, got {options['phase']}\n")
+        p.set_defaults(**options)
+        args = p.parse_args(argv)
+    if args.phase is None:
+        p.error("--phase is required (on the command line or in --config)")
+    for name in ("max_steps", "grad_accum", "save_every", "keep", "cpu_devices", "peak_tflops"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    args.settings = [*file_settings, *(_split_setting(s) for s in args.set)]
+    return args
+
+
+def _split_setting(setting: str) -> tuple[str, str]:
+    key, sep, text = setting.partition("=")
+    return (key, text) if sep else (setting, None)
+
+
+def _parse_text(hint, text: str, key: str):
+    """A `--set` value read as the field's annotated type (int, float, bool or str)."""
+    from reftrain.fields import describe
+
+    try:
+        if hint is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if hint is int:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if hint is float:
+            return float(text)
+    except (ValueError, OverflowError):
+        raise ValueError(f"--set {key}: expected {describe(hint)}, got {text!r}") from None
     return text
 
 
@@ -70,7 +116,7 @@ def parse_stages(text: str):
     from reftrain.phases import Stage
 
     stages = []
-    for item in text.split(","):
+    for item in str(text).split(","):
         parts = item.lower().split("x")
         if len(parts) not in (2, 3) or not all(part.isdigit() and int(part) > 0 for part in parts):
             raise ValueError(f"stages: expected LENxCOUNT[xBATCH] with positive integers, got {item!r}")
@@ -78,22 +124,41 @@ def parse_stages(text: str):
     return tuple(stages)
 
 
-def apply_overrides(phase, config, settings: list[str]):
-    """Returns (phase, config) with `KEY=VALUE` settings applied; phase fields win over model fields."""
-    for setting in settings:
-        key, sep, text = setting.partition("=")
-        if not sep:
-            raise ValueError(f"--set needs KEY=VALUE, got {setting!r}")
+def _settable(phase, config) -> dict[str, tuple[str, object]]:
+    """{key: ("phase" | "model", annotation)} of every field `--set` may change; a key that is
+    both (rope_theta, rope_dtype) is the phase's, which sets the model's."""
+    import typing
+
+    keys = {}
+    for target, obj, skip in (("model", config, {"yarn"}), ("phase", phase, {"number", "stages", "paper"})):
+        hints = typing.get_type_hints(type(obj))
+        keys |= {f.name: (target, hints[f.name]) for f in dataclasses.fields(obj) if f.name not in skip}
+    return keys
+
+
+def apply_settings(phase, config, settings: list[tuple[str, object]], origin: str = "--set"):
+    """Returns (phase, config) with (key, value) settings applied in order. A str value is read
+    as the field's type (`--set`); any other value must already have it (a TOML file)."""
+    from reftrain.fields import describe, matches
+
+    fields = _settable(phase, config)
+    for key, value in settings:
+        if value is None:
+            raise ValueError(f"--set needs KEY=VALUE, got {key!r}")
         if key == "stages":
-            phase = phase.replace(stages=parse_stages(text))
-        elif key in ("rope_theta", "rope_dtype"):  # both a phase and a model field: the phase sets the model
-            phase = phase.replace(**{key: _parse_value(getattr(phase, key), text)})
-        elif key in {f.name for f in dataclasses.fields(phase)} and key not in ("number", "stages", "paper"):
-            phase = phase.replace(**{key: _parse_value(getattr(phase, key), text)})
-        elif key in {f.name for f in dataclasses.fields(config)} and key != "yarn":
-            config = config.replace(**{key: _parse_value(getattr(config, key), text)})
+            phase = phase.replace(stages=parse_stages(value))
+            continue
+        if key not in fields:
+            raise ValueError(f"{origin} {key}: not a phase or model field")
+        target, hint = fields[key]
+        if isinstance(value, str):
+            value = _parse_text(hint, value, key)
+        elif not matches(value, hint):
+            raise ValueError(f"{origin} {key} must be {describe(hint)}, got {value!r}")
+        if target == "phase":
+            phase = phase.replace(**{key: value})
         else:
-            raise ValueError(f"--set {key}: not a phase or model field")
+            config = config.replace(**{key: value})
     return phase, config
 
 
@@ -119,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     from reftrain.plan import PlanError, apply_plan, default_plan, load_plan
     from reftrain.sharding import make_mesh
     from reftrain.train import PhaseRun, TrainingError, train_phase
+    from reftrain.train import tensorboard
+    from reftrain.train.start import StartError, resolve_start
 
     try:
         _distributed(args)
         config = get_config(args.preset)
         phase = get_phase(args.preset, args.phase)
-        phase, config = apply_overrides(phase, config, args.set)
+        phase, config = apply_settings(phase, config, args.settings)
         if args.grad_accum is not None:  # one value for the step count and the data feed
-            if args.grad_accum < 1:
-                raise ValueError(f"--grad-accum must be >= 1, got {args.grad_accum}")
             phase = dataclasses.replace(phase, grad_accum=args.grad_accum)
         config = config.replace(rope_theta=phase.rope_theta, rope_dtype=phase.rope_dtype)
         longest = max(stage.seq_len for stage in phase.stages)
@@ -138,13 +203,20 @@ def main(argv: list[str] | None = None) -> int:
         run = PhaseRun(
             run_dir=args.run_dir or Path("runs") / args.preset, phase=phase, config=config, plan=plan, mesh=mesh,
             data_spec=spec, seed=args.seed, grad_accum=phase.grad_accum, save_every=args.save_every, keep=args.keep,
-            max_steps=args.max_steps, init_from=args.init_from, peak_tflops=args.peak_tflops, progress=not args.no_progress,
+            max_steps=args.max_steps, init_from=args.init_from, chain_unfinished=args.chain_unfinished,
+            peak_tflops=args.peak_tflops, progress=not args.no_progress, tensorboard=args.tensorboard,
+            run_config=args.config,
         )
+        if args.tensorboard is not None and not tensorboard.available():
+            raise ValueError(tensorboard.INSTALL_HINT)
         if args.dry_run:
-            print(json.dumps(run.effective_config() | {"steps": phase.steps(), "tokens": phase.tokens}, indent=2, default=str))
+            start = resolve_start(run.phase_dir, phase.number, init_from=args.init_from, seed=args.seed,
+                                  chain_unfinished=args.chain_unfinished, total=phase.steps())
+            shown = run.effective_config() | {"steps": phase.steps(), "tokens": phase.tokens, "start": start.to_dict()}
+            print(json.dumps(shown, indent=2, default=str))
             return 0
         summary = train_phase(run)
-    except (KeyError, ValueError, PlanError, DataError, TrainingError, FileNotFoundError) as e:
+    except (KeyError, ValueError, PlanError, DataError, TrainingError, StartError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -12,19 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+from reftrain.argparse_one_line import OneLineParser
+
 EPILOG = """examples:
   python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 256,512 --depths 0,50,100 --trials 2 --out niah
   python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 1024 --compare-rope-dtypes --out niah-bf16
   python -m reftrain.eval niah --checkpoint ./Mistral-7B-Instruct-v0.2 --lengths 32768 --sp 8 --out niah-7b
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (and exit 2), like every other user error."""
-
-    def error(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _int_list(text: str) -> list[int]:
@@ -42,8 +36,8 @@ def _float_list(text: str) -> list[float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m reftrain.eval", description="Evaluations of reftrain checkpoints.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m reftrain.eval", description="Evaluations of reftrain checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser("niah", help="needle-in-a-haystack accuracy over context lengths x depths",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path,

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from reftrain.eval._haystack import BOOKS, NIAHError
+from reftrain.files import is_hf_checkpoint_dir, is_phase_dir
 
 
 class CLIError(ValueError):
@@ -23,9 +24,9 @@ def checkpoint_kind(path: Path) -> str:
         raise CLIError(f"checkpoint {path} does not exist")
     if not path.is_dir():
         raise CLIError(f"checkpoint {path} is not a directory")
-    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+    if is_phase_dir(path):
         return "phase"
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+    if is_hf_checkpoint_dir(path):
         return "hf"
     raise CLIError(f"checkpoint {path} is neither a reftrain phase directory (config.json + checkpoints/) "
                    "nor a Hugging Face directory (config.json + *.safetensors)")

@@ -25,20 +25,26 @@ TRASH = "retired"
 class Checkpoints:
     """The checkpoints of one phase: `<run>/phase<N>/checkpoints/<step>/{state,extra}`."""
 
-    def __init__(self, directory: Path, *, keep: int = 2, async_save: bool = True):
+    def __init__(self, directory: Path, *, keep: int = 2, async_save: bool = True, read_only: bool = False):
+        """`read_only`: a reader of another phase's (or `--init-from`'s) checkpoints, which
+        neither creates the directory nor removes anything in it."""
         self.directory = Path(directory).absolute()
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save and not read_only,
+            cleanup_tmp_directories=not read_only,
             todelete_subdir=TRASH,
-            create=True,
+            create=not read_only,
+            read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "extra"))
 
     def _empty_trash(self) -> None:
         """Deletes the retired steps. Only the saving instance calls it, with no save in flight,
         so nothing renames into the trash meanwhile (a reader of the same directory never does)."""
+        if self.read_only:
+            return
         shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def latest_step(self) -> int | None:
@@ -78,19 +84,18 @@ def load_phase_params(phase_dir: Path, mesh=None, step: int | None = None):
     import json
 
     from reftrain.config import ModelConfig
-    from reftrain.phases import Phase, Stage
     from reftrain.sharding import make_mesh
     from reftrain.train.optim import make_optimizer
+    from reftrain.train.start import phase_from_dict
     from reftrain.train.state import abstract_state
 
     phase_dir = Path(phase_dir)
     saved = json.loads((phase_dir / "config.json").read_text())
     config = ModelConfig.from_dict(saved["model"])
-    fields = dict(saved["phase"])
-    phase = Phase(**(fields | {"stages": tuple(Stage(**s) for s in fields["stages"])}))
+    phase = phase_from_dict(saved["phase"])
     optimizer, _ = make_optimizer(phase, phase.steps())
     mesh = mesh or make_mesh()
-    checkpoints = Checkpoints(phase_dir / "checkpoints", async_save=False)
+    checkpoints = Checkpoints(phase_dir / "checkpoints", read_only=True)
     try:
         _, state, _ = checkpoints.restore(abstract_state(config, optimizer, mesh), step)
     finally:

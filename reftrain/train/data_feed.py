@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 
 from reftrain import data
 from reftrain.phases import Phase
+from reftrain.flops import attended_length
 from reftrain.train.step import BATCH_KEYS, batch_shardings
 
 
@@ -45,6 +46,7 @@ class PhaseFeed:
             i for i, s in enumerate(phase.stages) for _ in range(-(-s.sequences // (s.batch_size * grad_accum)))
         ]
         self._stage = -1
+        self._attended = 0.0
         self._iterator = None
         self._tokenizer = data.load_tokenizer(spec.tokenizer)
         self._corpora = None if phase.data == "sft" else data.load_corpora(spec, self._tokenizer)
@@ -74,11 +76,17 @@ class PhaseFeed:
         micro = [next(self._iterator) for _ in range(self.grad_accum)]
         shardings = batch_shardings(self.mesh)
         s = self.phase.stages[stage]
+        # Documents in the rows this process built (every row when sp spans processes), for MFU.
+        self._attended = attended_length(np.stack([m["segment_ids"] for m in micro]))
         out = {}
         for key in BATCH_KEYS:
             local = np.stack([m[key] for m in micro])
             out[key] = jax.make_array_from_process_local_data(shardings[key], local, (self.grad_accum, s.batch_size, s.seq_len))
         return out
+
+    def attended_length(self) -> float:
+        """The attention length of the last batch (reftrain.flops.attended_length)."""
+        return self._attended
 
     def state(self) -> dict[str, Any]:
         return {"stage": self._stage, "iterator": None if self._iterator is None else self._iterator.get_state()}

@@ -1,4 +1,4 @@
-"""Train one phase: start (resume, previous phase, `--init-from` or random), step, log, save.
+"""Train one phase: start (resume, `--init-from`, previous phase or random: train/start.py), step, log, save.
 
 Run directory: `<run>/phase<N>/{config.json, metrics.jsonl, checkpoints/<step>/}` (docs/training.md).
 """
@@ -6,6 +6,8 @@ Run directory: `<run>/phase<N>/{config.json, metrics.jsonl, checkpoints/<step>/}
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from reftrain.train import metrics as metrics_lib
 from reftrain.train.checkpoint import Checkpoints
 from reftrain.train.data_feed import PhaseFeed
 from reftrain.train.optim import make_optimizer
+from reftrain.train.start import StartError, load_start_params, resolve_start
+from reftrain.train.tensorboard import TensorBoardLog
 from reftrain.train.state import abstract_state, init_state
 from reftrain.train.step import make_train_step
 
@@ -49,8 +53,11 @@ class PhaseRun:
     keep: int = 2
     max_steps: int | None = None  # stop early (the schedule still spans the whole phase)
     init_from: str | None = None
+    chain_unfinished: bool = False  # start from an unfinished previous phase (reftrain.train.start)
     peak_tflops: float | None = None
     progress: bool = True
+    tensorboard: Path | None = None  # also write the step scalars as TensorBoard events here
+    run_config: Path | None = None  # the --config TOML, copied into the phase directory
 
     @property
     def phase_dir(self) -> Path:
@@ -65,6 +72,10 @@ class PhaseRun:
             "data": self.data_spec.to_dict(),
             "seed": self.seed,
             "grad_accum": self.grad_accum,
+            # The plan's prediction of each device's peak (None for the default plan): the run
+            # warns once when a step's measured peak exceeds it by more than 5%.
+            "predicted_bytes": self.plan.predicted.get("xla_total"),
+            "run_config": None if self.run_config is None else str(self.run_config),
             "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__},
         }
 
@@ -75,34 +86,20 @@ def _write_json_atomic(path: Path, value: dict) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
 
 
-def _starting_params(run: PhaseRun, abstract):
-    """(source, params) to start a fresh phase from: `--init-from`, the previous phase's final
-    checkpoint, or (None, None) for a random initialisation."""
-    source = run.init_from
-    if source is None and run.phase.number > 1:
-        previous = Path(run.run_dir) / f"phase{run.phase.number - 1}" / "checkpoints"
-        if not previous.exists():
-            raise TrainingError(
-                f"phase {run.phase.number} starts from phase {run.phase.number - 1}'s final checkpoint, "
-                f"but {previous} does not exist: run phase {run.phase.number - 1} first or pass --init-from"
-            )
-        source = str(previous)
-    if source is None:
-        return None, None
-    if (Path(source) / "config.json").exists() and any(Path(source).glob("*.safetensors")):
-        from reftrain import hf
+def _missing_dirs(phase_dir: Path) -> list[Path]:
+    """The phase directory and those of its parents that do not exist yet (outermost first)."""
+    missing = []
+    for path in (Path(phase_dir).absolute(), *Path(phase_dir).absolute().parents):
+        if path.exists():
+            break
+        missing.insert(0, path)
+    return missing
 
-        _, params = hf.load_checkpoint(source, param_dtype=run.config.param_dtype)
-        return source, params
-    if not Path(source).is_dir():
-        raise TrainingError(f"--init-from {source}: no such directory")
-    checkpoints = Checkpoints(Path(source), async_save=False)
-    step = checkpoints.latest_step()
-    if step is None:
-        raise TrainingError(f"--init-from {source}: neither a Hugging Face directory nor an orbax checkpoint directory")
-    _, state, _ = checkpoints.restore(abstract)
-    checkpoints.close()
-    return f"{source}/{step}", state["params"]
+
+def _remove(created: list[Path]) -> None:
+    """Removes the directories this run created (a failed start leaves nothing behind)."""
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
 
 
 def train_phase(run: PhaseRun) -> dict[str, Any]:
@@ -112,64 +109,48 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
     Raises TrainingError on a non-finite loss (the last good checkpoint stays).
     """
     total = run.phase.steps()
-    optimizer, schedule = make_optimizer(run.phase, total)
-    abstract = abstract_state(run.config, optimizer, run.mesh)
-    checkpoints = Checkpoints(run.phase_dir / "checkpoints", keep=run.keep)
-    feed = PhaseFeed(run.phase, run.data_spec, run.mesh, grad_accum=run.grad_accum, seed=run.seed)
-    log = metrics_lib.JsonlLog(run.phase_dir / "metrics.jsonl")
-
-    start = checkpoints.latest_step()
-    if start is not None:
-        start, state, extra = checkpoints.restore(abstract)
-        feed.restore(extra["data"])
-        log.truncate_after(start - 1)
-        started_from = f"resumed at step {start}"
-    else:
-        start = 0
-        source, params = _starting_params(run, abstract)
-        state = init_state(run.config, optimizer, run.mesh, jax.random.key(run.seed), params)
-        started_from = source or "random initialisation"
-    _write_json_atomic(run.phase_dir / "config.json", run.effective_config() | {"started_from": started_from})
+    # Decide where to start before anything is written: a start that fails leaves nothing.
+    try:
+        start_info = resolve_start(run.phase_dir, run.phase.number, init_from=run.init_from, seed=run.seed,
+                                   chain_unfinished=run.chain_unfinished, total=total)
+    except StartError as e:
+        raise TrainingError(str(e)) from None
+    created = _missing_dirs(run.phase_dir)
+    try:
+        optimizer, schedule = make_optimizer(run.phase, total)
+        abstract = abstract_state(run.config, optimizer, run.mesh)
+        feed = PhaseFeed(run.phase, run.data_spec, run.mesh, grad_accum=run.grad_accum, seed=run.seed)
+        checkpoints = Checkpoints(run.phase_dir / "checkpoints", keep=run.keep)
+        log = metrics_lib.JsonlLog(run.phase_dir / "metrics.jsonl")
+        if start_info.kind == "resume":
+            start, state, extra = checkpoints.restore(abstract, start_info.step)
+            feed.restore(extra["data"])
+            log.truncate_after(start - 1)
+        else:
+            start = 0
+            params = load_start_params(start_info, abstract, run.config.param_dtype)
+            state = init_state(run.config, optimizer, run.mesh, jax.random.key(run.seed), params)
+    except BaseException:
+        _remove(created)
+        raise
+    if jax.process_index() == 0:
+        print(f"phase {run.phase.number}: {start_info.line}", file=sys.stderr, flush=True)
+    started_from = {"resume": f"resumed at step {start_info.step}", "random": "random initialisation"}.get(
+        start_info.kind, start_info.source)
+    _write_json_atomic(run.phase_dir / "config.json", run.effective_config() | {
+        "total_steps": total, "started_from": started_from, "start": start_info.to_dict()})
+    if run.run_config is not None and jax.process_index() == 0:
+        atomic_write_bytes(run.phase_dir / "run.toml", Path(run.run_config).read_bytes())
 
     step_fn = make_train_step(run.config, optimizer, schedule, run.mesh)
-    peak = metrics_lib.peak_flops(run.mesh.devices.flat[0], run.peak_tflops)
     end = total if run.max_steps is None else min(total, start + run.max_steps)
-    losses = []
-    columns = (TextColumn(f"phase {run.phase.number}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-    with Progress(*columns, disable=not run.progress or jax.process_index() != 0) as progress:
-        task = progress.add_task("train", total=total, completed=start, info="")
-        for step in range(start, end):
-            batch = feed.batch(step)
-            began = time.perf_counter()
-            state, m = step_fn(state, batch)
-            m = jax.device_get(m)
-            seconds = time.perf_counter() - began
-            seq_len = feed.seq_len(step)
-            tokens_per_s = float(np.prod(batch["tokens"].shape)) / seconds
-            record = {
-                "step": step,
-                "loss": float(m["loss"]),
-                "grad_norm": float(m["grad_norm"]),
-                "learning_rate": float(m["learning_rate"]),
-                "seq_len": seq_len,
-                "loss_tokens": int(m["tokens"]),
-                "tokens_per_s": tokens_per_s,
-                "mfu": metrics_lib.mfu(run.config, seq_len, tokens_per_s, run.mesh.size, peak),
-                "seconds": seconds,
-            }
-            if not bool(m["finite"]):
-                checkpoints.close()
-                good = checkpoints.latest_step()
-                raise TrainingError(
-                    f"phase {run.phase.number} step {step}: loss {record['loss']} / grad norm {record['grad_norm']} "
-                    f"is not finite; stopped, last good checkpoint: step {good} in {checkpoints.directory}"
-                )
-            log.write(record)
-            losses.append(record["loss"])
-            progress.update(task, advance=1, info=f"loss {record['loss']:.3f}  {tokens_per_s:,.0f} tok/s  len {seq_len}")
-            done = step + 1
-            if done % run.save_every == 0 or done == end:
-                checkpoints.save(done, state, {"data": feed.state(), "seed": run.seed, "phase": run.phase.number})
+    try:
+        losses = _train_steps(run, state, feed, step_fn, checkpoints, log, start, end, total)
+    except BaseException:
+        if created and checkpoints.latest_step() is None:  # nothing to resume from: leave nothing
+            checkpoints.close()
+            _remove(created)
+        raise
     checkpoints.close()
     return {
         "phase": run.phase.number,
@@ -179,3 +160,69 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
         "last_loss": losses[-1] if losses else None,
         "checkpoint": str(checkpoints.directory / str(end)),
     }
+
+
+def _record(run: PhaseRun, step: int, m: dict, seq_len: int, tokens_per_s: float, attended: float, seconds: float,
+            peak: float | None, local_devices) -> dict[str, Any]:
+    """One line of metrics.jsonl (docs/training.md lists the fields)."""
+    return {
+        "step": step,
+        "loss": float(m["loss"]),
+        "grad_norm": float(m["grad_norm"]),
+        "learning_rate": float(m["learning_rate"]),
+        "seq_len": seq_len,
+        "loss_tokens": int(m["tokens"]),
+        "tokens_per_s": tokens_per_s,
+        "attention_length": attended,
+        "mfu": metrics_lib.mfu(run.config, attended, tokens_per_s, run.mesh.size, peak),
+        "peak_bytes": metrics_lib.peak_bytes_in_use(local_devices),
+        "seconds": seconds,
+    }
+
+
+def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Checkpoints, log, start: int,
+                 end: int, total: int) -> list[float]:
+    """Runs steps [start, end): logs each, checkpoints every `save_every` and at `end`."""
+    peak = metrics_lib.peak_flops(run.mesh.devices.flat[0], run.peak_tflops)
+    local_devices = [d for d in run.mesh.devices.flat if d.process_index == jax.process_index()]
+    predicted = run.plan.predicted.get("xla_total")
+    warned = False
+    board = TensorBoardLog(run.tensorboard) if run.tensorboard and jax.process_index() == 0 else None
+    losses = []
+    columns = (TextColumn(f"phase {run.phase.number}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, disable=not run.progress or jax.process_index() != 0) as progress:
+            task = progress.add_task("train", total=total, completed=start, info="")
+            for step in range(start, end):
+                batch = feed.batch(step)
+                began = time.perf_counter()
+                state, m = step_fn(state, batch)
+                m = jax.device_get(m)
+                seconds = time.perf_counter() - began
+                seq_len = feed.seq_len(step)
+                tokens_per_s = float(np.prod(batch["tokens"].shape)) / seconds
+                record = _record(run, step, m, seq_len, tokens_per_s, feed.attended_length(), seconds, peak, local_devices)
+                if not bool(m["finite"]):
+                    checkpoints.close()
+                    good = checkpoints.latest_step()
+                    raise TrainingError(
+                        f"phase {run.phase.number} step {step}: loss {record['loss']} / grad norm {record['grad_norm']} "
+                        f"is not finite; stopped, last good checkpoint: step {good} in {checkpoints.directory}"
+                    )
+                log.write(record)
+                if board is not None:
+                    board.write(record)
+                if not warned and jax.process_index() == 0:
+                    warning = metrics_lib.memory_warning(record["peak_bytes"], predicted)
+                    if warning:
+                        print(f"warning: phase {run.phase.number} step {step}: {warning}", file=sys.stderr, flush=True)
+                        warned = True
+                losses.append(record["loss"])
+                progress.update(task, advance=1, info=f"loss {record['loss']:.3f}  {tokens_per_s:,.0f} tok/s  len {seq_len}")
+                done = step + 1
+                if done % run.save_every == 0 or done == end:
+                    checkpoints.save(done, state, {"data": feed.state(), "seed": run.seed, "phase": run.phase.number})
+    finally:
+        if board is not None:
+            board.close()
+    return losses

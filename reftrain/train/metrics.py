@@ -1,4 +1,4 @@
-"""Throughput accounting (tokens/s, model FLOPs utilisation) and the JSONL step log."""
+"""Throughput accounting (MFU from reftrain.flops, peak device memory) and the JSONL step log."""
 
 from __future__ import annotations
 
@@ -9,37 +9,42 @@ from typing import Any
 import jax
 
 from reftrain.config import ModelConfig
-
-#: Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor datasheets).
-PEAK_FLOPS = {"NVIDIA A100": 312e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA B200": 2250e12}
-
-
-def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
-    """Model FLOPs to train on one token of a `seq_len` sequence (no rematerialisation counted).
-
-    6 x matmul parameters (all but the embedding lookup) plus causal attention,
-    6 x layers x q_heads x head_dim x seq_len: PaLM's 12 L H Dh S halved for the causal mask.
-    """
-    c = config
-    attn = c.hidden_size * c.head_dim * (2 * c.num_q_heads + 2 * c.num_kv_heads)
-    mlp = 3 * c.hidden_size * c.intermediate_size
-    matmul_params = c.num_layers * (attn + mlp) + c.hidden_size * c.vocab_size
-    return 6.0 * matmul_params + 6.0 * c.num_layers * c.num_q_heads * c.head_dim * seq_len
+from reftrain.flops import peak_flops_of_kind, train_flops_per_token
 
 
 def peak_flops(device: jax.Device, override_tflops: float | None = None) -> float | None:
     """Peak FLOP/s of one device, from `override_tflops` or the table; None when unknown (CPU)."""
     if override_tflops:
         return override_tflops * 1e12
-    kind = getattr(device, "device_kind", "")
-    return next((flops for prefix, flops in PEAK_FLOPS.items() if kind.startswith(prefix)), None)
+    return peak_flops_of_kind(getattr(device, "device_kind", ""))
 
 
-def mfu(config: ModelConfig, seq_len: int, tokens_per_second: float, devices: int, peak: float | None) -> float | None:
-    """Model FLOPs utilisation in [0, 1], or None when the devices' peak is unknown."""
+def mfu(config: ModelConfig, attended: float, tokens_per_second: float, devices: int, peak: float | None) -> float | None:
+    """Model FLOPs utilisation in [0, 1] (attention over `attended` keys: `attended_length`),
+    or None when the devices' peak is unknown."""
     if not peak:
         return None
-    return train_flops_per_token(config, seq_len) * tokens_per_second / (peak * devices)
+    return train_flops_per_token(config, attended) * tokens_per_second / (peak * devices)
+
+
+def peak_bytes_in_use(devices) -> int | None:
+    """The largest `peak_bytes_in_use` of `devices`' memory_stats, None where the backend has
+    none (CPU). XLA keeps the peak since the process started, so it is the run's peak so far."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) if peaks else None
+
+
+#: How far a measured peak may exceed the plan's prediction before the run warns.
+MEMORY_TOLERANCE = 0.05
+
+
+def memory_warning(peak: int | None, predicted: int | float | None, tolerance: float = MEMORY_TOLERANCE) -> str | None:
+    """One line when the measured `peak` bytes exceed `predicted` by more than `tolerance`, else None."""
+    if peak is None or not predicted or peak <= predicted * (1 + tolerance):
+        return None
+    return (f"measured peak device memory {peak / 2**30:.2f} GiB exceeds the plan's predicted {predicted / 2**30:.2f} GiB "
+            f"by {peak / predicted - 1:.1%} (more than {tolerance:.0%}): the plan's memory model does not hold here")
 
 
 class JsonlLog:

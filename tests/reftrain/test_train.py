@@ -35,8 +35,12 @@ def cli(*args: str, devices: int = 8, extra_env: dict | None = None) -> list[str
 
 
 def test_phases_chain_with_their_own_settings(tmp_path, capsys):
-    for number in (1, 2, 3, 4):
-        assert run_cli.main(["--phase", str(number), "--run-dir", str(tmp_path), "--max-steps", "1", "--no-progress", *SMALL]) == 0
+    for number in (1, 2, 3, 4):  # each phase stops after 1 step, so chaining it must be asked for
+        args = ["--phase", str(number), "--run-dir", str(tmp_path), "--max-steps", "1", "--chain-unfinished"]
+        assert run_cli.main([*args, "--no-progress", *SMALL]) == 0
+        start_line = capsys.readouterr().err.strip().splitlines()[0]
+        if number > 1:
+            assert start_line.startswith(f"phase {number}: starting from phase {number - 1}'s UNFINISHED checkpoint (step 1 of ")
     for number in (1, 2, 3, 4):
         saved = json.loads((tmp_path / f"phase{number}" / "config.json").read_text())
         spec = get_phase("tiny", number)
@@ -55,10 +59,44 @@ def test_loss_falls(tmp_path):
     assert history[-1] < history[0] - 0.1, history
 
 
-def test_a_later_phase_needs_the_previous_one(tmp_path, capsys):
-    assert run_cli.main(["--phase", "2", "--run-dir", str(tmp_path), "--no-progress"]) == 2
+def test_a_later_phase_on_a_fresh_machine_starts_from_random(tmp_path, capsys):
+    """`--phase 3` with nothing before it trains from a random initialisation and says so."""
+    assert run_cli.main(["--phase", "3", "--run-dir", str(tmp_path), "--max-steps", "1", "--no-progress", *SMALL]) == 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "run phase 1 first or pass --init-from" in err
+    assert f"phase 3: starting from a random initialisation (seed 0): no checkpoint of phase 2 in {tmp_path / 'phase2'}" in err
+    saved = json.loads((tmp_path / "phase3" / "config.json").read_text())
+    assert saved["started_from"] == "random initialisation" and saved["start"]["kind"] == "random"
+    assert saved["total_steps"] == get_phase("tiny", 3).steps() and len(losses(tmp_path, 3)) == 1
+
+
+def test_an_unfinished_previous_phase_is_not_chained_silently(tmp_path, capsys):
+    base = ["--run-dir", str(tmp_path), "--set", "stages=128x4x1", "--no-progress", *SMALL]
+    assert run_cli.main(["--phase", "1", "--max-steps", "1", *base]) == 0
+    capsys.readouterr()
+    assert run_cli.main(["--phase", "2", "--dry-run", *base]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["start"]["kind"] == "random" and "it is unfinished (step 1 of 4 in" in shown["start"]["line"]
+    assert not (tmp_path / "phase2").exists()
+    assert run_cli.main(["--phase", "1", *base]) == 0  # finish phase 1: 3 more steps
+    capsys.readouterr()
+    assert run_cli.main(["--phase", "2", "--max-steps", "1", *base]) == 0
+    assert "phase 2: starting from phase 1's final checkpoint (step 4 of 4, " in capsys.readouterr().err
+    assert json.loads((tmp_path / "phase2" / "config.json").read_text())["started_from"] == str(tmp_path / "phase1" / "checkpoints" / "4")
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path, capsys):
+    """An --init-from whose shapes do not fit fails after the phase directory was made: it goes."""
+    import jax
+
+    from reftrain import hf, model
+    from reftrain.config import get_config
+
+    config = get_config("tiny", hidden_size=32, intermediate_size=64, num_q_heads=2, num_kv_heads=1, head_dim=16)
+    hf.save_checkpoint(config, model.init_params(config, jax.random.key(0)), tmp_path / "hf", dtype="float32")
+    run = tmp_path / "runs" / "tiny"
+    assert run_cli.main(["--phase", "3", "--run-dir", str(run), "--init-from", str(tmp_path / "hf"), "--no-progress", *SMALL]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(
@@ -96,8 +134,12 @@ def test_grad_accum_flag_sets_the_step_count_and_the_feed(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     phase = get_phase("tiny", 1)
     assert shown["steps"] == dataclasses.replace(phase, grad_accum=2).steps() < phase.steps()
-    assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path), "--dry-run", "--grad-accum", "0"]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    for flag in ("--grad-accum", "--save-every", "--keep", "--max-steps"):  # 0 used to divide by zero (save-every)
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli.main(["--phase", "1", "--run-dir", str(tmp_path / "r"), flag, "0"])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"error: {flag} must be positive, got 0 (see --help)\n"
+    assert not (tmp_path / "r").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
@@ -110,30 +152,39 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, caps
     assert all(loss == loss for loss in losses(tmp_path)), "no NaN is logged"
 
 
+KILL_SEED = 18  # the kill point is drawn from this seed, so a failure reproduces
+
+
+def _complete_steps(checkpoints: Path) -> list[int]:
+    """Steps whose checkpoint is complete: orbax renames a step's directory into place last."""
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
+
+
 def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     steps = ["--phase", "1", "--set", "stages=128x12x1", "--max-steps", "12", "--save-every", "1"]
     command, env = cli(*steps, "--run-dir", str(tmp_path / "straight"))
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     reference = losses(tmp_path / "straight")
 
+    # Kill right after checkpoint `target` completes, so there is always one to resume from.
+    target = random.Random(KILL_SEED).randint(2, 9)
     killed = tmp_path / "killed"
+    checkpoints = killed / "phase1" / "checkpoints"
     command, env = cli(*steps, "--run-dir", str(killed))
     victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = random.Random().randint(2, 9)
-    log = killed / "phase1" / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and victim.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= target:
-            break
-        time.sleep(0.05)
+    while time.time() < deadline and victim.poll() is None and not any(s >= target for s in _complete_steps(checkpoints)):
+        time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    checkpoints = killed / "phase1" / "checkpoints"
-    complete = [p for p in checkpoints.iterdir() if p.name.isdigit()]
-    assert complete and all((p / "state").is_dir() and (p / "extra").is_dir() for p in complete)
+    assert victim.returncode == -signal.SIGKILL, f"the run ended (exit {victim.returncode}) before it was killed"
+    complete = _complete_steps(checkpoints)
+    assert complete and complete[-1] >= target, f"no checkpoint at or after step {target} before the kill"
+    assert complete[-1] < 12, "killed mid-run: the last step was not checkpointed yet"
+    assert all((checkpoints / str(s) / "state").is_dir() and (checkpoints / str(s) / "extra").is_dir() for s in complete)
 
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
-    assert losses(killed) == reference, f"killed after {target} logged steps"
+    assert losses(killed) == reference, f"killed after checkpoint {complete[-1]} (target {target})"
 
 
 def _free_port() -> int:

@@ -1,0 +1,84 @@
+"""The one parameter and FLOPs formula of this repository (no jax: hloscope imports it).
+
+The trainer's MFU (reftrain.train.metrics), analyses/bench_train.py, analyses/ring_vs_ulysses.py
+and hloscope's speed model (hloscope/speed.py) all count with these functions. Model FLOPs per
+trained token = 6 x matmul parameters + causal attention; no rematerialisation is counted.
+Attention is counted within documents where a row holds several (`attended_length`), so MFU
+never counts work the mask skips.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reftrain.config import ModelConfig
+
+#: Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor datasheets).
+PEAK_FLOPS = {"NVIDIA A100": 312e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA B200": 2250e12}
+
+
+def layer_matmul_parameters(config: ModelConfig) -> int:
+    """Matmul parameters of one decoder layer: q, k, v, o projections and the gated MLP."""
+    c = config
+    return c.hidden_size * c.head_dim * (2 * c.num_q_heads + 2 * c.num_kv_heads) + 3 * c.hidden_size * c.intermediate_size
+
+
+def layer_parameters(config: ModelConfig) -> int:
+    """All parameters of one decoder layer: its matmuls and its two RMSNorm scales."""
+    return layer_matmul_parameters(config) + 2 * config.hidden_size
+
+
+def matmul_parameters(config: ModelConfig) -> int:
+    """Parameters that cost 2 FLOPs per token forward: every layer's matmuls and the output head
+    (the embedding is a lookup; a tied head is still a matmul)."""
+    return config.num_layers * layer_matmul_parameters(config) + config.hidden_size * config.vocab_size
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Every parameter: layers, embedding, output head (unless tied) and the final norm."""
+    heads = 1 if config.tie_embeddings else 2
+    return config.num_layers * layer_parameters(config) + heads * config.vocab_size * config.hidden_size + config.hidden_size
+
+
+def documents_attended_length(document_lengths, row_length: int) -> float:
+    """The length to count causal attention over for one row holding documents of
+    `document_lengths` tokens: sum(n^2) / row length (a row that is one document gives its
+    length; padding adds nothing). `train_flops_per_token` takes it, so that MFU counts only
+    the attention the mask lets through (cuDNN's packed mode skips the rest)."""
+    return float(sum(float(n) ** 2 for n in document_lengths)) / row_length
+
+
+def attended_length(segment_ids) -> float:
+    """`documents_attended_length` averaged over the rows of `segment_ids` `[..., length]`,
+    whose documents are the runs of one non-zero id (0 is padding)."""
+    ids = np.asarray(segment_ids)
+    rows = ids.reshape(-1, ids.shape[-1])
+    if rows.shape[0] == 0 or rows.shape[1] == 0:
+        return 0.0
+    total = 0.0
+    for row in rows:
+        starts = np.flatnonzero(np.diff(row, prepend=row[0] - 1))  # where a run of equal ids begins
+        lengths = np.diff(np.append(starts, row.size))
+        total += documents_attended_length(lengths[row[starts] != 0], row.size)
+    return total / rows.shape[0]
+
+
+def attention_flops_per_token(config: ModelConfig, attended: float) -> float:
+    """Causal attention FLOPs to train on one token: 6 x layers x q_heads x head_dim x
+    `attended` (PaLM's 12 L H Dh S halved for the causal mask; `attended` is the sequence
+    length for one document a row, `attended_length` for packed documents)."""
+    return 6.0 * config.num_layers * config.num_q_heads * config.head_dim * attended
+
+
+def train_flops_per_token(config: ModelConfig, attended: float) -> float:
+    """Model FLOPs to train on one token (no rematerialisation counted): 6 x matmul parameters
+    plus causal attention over `attended` keys (see `attention_flops_per_token`).
+
+    The one FLOPs formula of this repository: the trainer's MFU, analyses/bench_train.py,
+    analyses/ring_vs_ulysses.py and hloscope's speed model use it."""
+    return 6.0 * matmul_parameters(config) + attention_flops_per_token(config, attended)
+
+
+def peak_flops_of_kind(device_kind: str) -> float | None:
+    """Peak FLOP/s of a `device_kind` ("NVIDIA H100 80GB HBM3") from the table; None when unknown."""
+    return next((flops for prefix, flops in PEAK_FLOPS.items() if device_kind.startswith(prefix)), None)
