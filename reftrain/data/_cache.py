@@ -1,10 +1,11 @@
 """On-disk cache: where it lives, content hashes, and atomic writes.
 
-Everything the data path derives (the fetched tokenizer, the Shakespeare texts, tokenized
-corpora) lives under one directory: `$REFTRAIN_CACHE` if set, else
-`$XDG_CACHE_HOME/reftrain`, else `~/.cache/reftrain`. Every write goes to a temporary
-sibling first and is renamed into place, so a reader never sees half a file and two
-processes filling the same entry at once both end with a complete one.
+Everything the data path derives (the members kept from the fetched archives in `assets/`:
+the tokenizer and the built-in corpora's files; tokenized corpora in `corpora/`) lives under
+one directory: `$REFTRAIN_CACHE` if set, else `$XDG_CACHE_HOME/reftrain`, else
+`~/.cache/reftrain`. Every write goes to a temporary sibling first and is renamed into place,
+so a reader never sees half a file and two processes filling the same entry at once both end
+with a complete one.
 """
 
 from __future__ import annotations

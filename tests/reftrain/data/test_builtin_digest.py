@@ -19,9 +19,9 @@ from reftrain.phases import get_phase
 # sha256 over the first 2 batches (every key, in sorted order) of the first stage of each tiny
 # phase, seeded as the trainer seeds it with --seed 0 (PhaseFeed: seed * 1000 + phase * 10 + stage).
 DIGESTS = {
-    1: "64c97c5a952930f1f8e8bf72e620c017b3263624dd46ecfbf9fe201c60eed943",
+    1: "ed41ce54a6d157ff44b3fb000b4a8b042f96ce2b6f32d1ee5e488f050567a622",
     2: "28e0b77937cf9343f79eca9cd33236a20e64b10a318bfa621c0291f0d64982d7",
-    3: "8ae6def94a54fdec7b2c84755b030f7cda6304cd51c892d80247b5a9ff3705ab",
+    3: "a392ea77b205743702107388b51c3bc16119093398bdd1112b740c3d0c42b9d8",
     4: "c2e6fa9730a748720c9427d0fee4033036296e282811535f0240ac7af4f665cd",
 }
 

@@ -44,7 +44,7 @@ def fake_pip(tmp_path, monkeypatch):
 
 
 def test_keeps_matching_members_below_the_top_folder_once(fake_pip, tmp_path):
-    archive = Archive("pkg==1.0", "0" * 64, sdist=True, keep=("*.py", "docs/*.txt"))
+    archive = Archive("pkg==1.0", "0" * 64, sdist=True, keep=("*.py", "docs/*.txt", "pkg/*"), drop=("*.bin",))
     root = ensure_archive(archive)
     kept = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert kept == ["COMPLETE", "docs/intro.txt", "pkg/a.py", "pkg/sub/b.py"]  # never ../evil.py
