@@ -60,7 +60,9 @@ def curves_figure(profiles: list[dict[str, Any]], budget: int | None) -> go.Figu
                                            "prealloc_accumulated: running sum of what each instruction allocates (the paper's Fig. 2)"))
     for number, profile in enumerate(profiles):
         color = _COLORS[number % len(_COLORS)]
-        name = profile["label"] if len(profiles) > 1 else "live"
+        # Overlaid profiles are A, B, ... as in `hloscope diff`; the headings give their labels.
+        tag = f"{chr(ord('A') + number)} " if len(profiles) > 1 else ""
+        name = f"{tag}live"
         xs, ys, data = _hover_points(profile, "live")
         if xs:
             figure.add_trace(go.Scatter(x=xs, y=ys, customdata=data, mode="lines", name=name, line={"color": color},
@@ -69,16 +71,16 @@ def curves_figure(profiles: list[dict[str, Any]], budget: int | None) -> go.Figu
             figure.add_trace(go.Scatter(x=[xs[peak]], y=[ys[peak]], customdata=[data[peak]], mode="markers+text",
                                         marker={"size": 11, "color": color, "symbol": "diamond"},
                                         text=[f"peak {ys[peak]:.2f} GiB"], textposition="top right",
-                                        name=f"live_peak{' (' + profile['label'] + ')' if len(profiles) > 1 else ''}",
+                                        name=f"{tag}live_peak",
                                         hovertemplate=_HOVER), row=1, col=1)
         xs, ys, data = _hover_points(profile, "prealloc_accumulated")
         figure.add_trace(go.Scatter(x=xs, y=ys, customdata=data, mode="lines", line={"color": color, "dash": "dot"},
-                                    name=f"accumulated{' (' + profile['label'] + ')' if len(profiles) > 1 else ''}",
+                                    name=f"{tag}accumulated",
                                     hovertemplate=_HOVER), row=2, col=1)
         total = profile["figures"].get("xla_total")
         if total is not None:
             figure.add_hline(y=total / 2**30, line={"color": color, "dash": "dash", "width": 1}, row=1, col=1,
-                             annotation_text=f"xla_total {gib(total)}", annotation_position="bottom left")
+                             annotation_text=f"{tag}xla_total {gib(total)}", annotation_position="bottom left")
     if budget is not None:
         figure.add_hline(y=budget / 2**30, line={"color": "#b00020", "width": 2}, row=1, col=1,
                          annotation_text=f"budget {gib(budget)}", annotation_position="top left")
@@ -156,14 +158,14 @@ def report_html(profiles: list[dict[str, Any]], *, budget: int | None = None) ->
     title = profiles[0]["label"] if len(profiles) == 1 else " vs ".join(p["label"] for p in profiles)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>hloscope: {_e(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>hloscope: {_e(title)}</h1>"]
-    for profile in profiles:
+    for number, profile in enumerate(profiles):
         if len(profiles) > 1:
-            parts.append(f"<h2>{_e(profile['label'])}</h2>")
+            parts.append(f"<h2>{chr(ord('A') + number)} = {_e(profile['label'])}</h2>")
         parts.append(_meta(profile) + _figures_table(profile, budget))
     parts.append("<h2>Memory over the program</h2>")
     parts.append(curves_figure(profiles, budget).to_html(full_html=False, include_plotlyjs=True))
-    for profile in profiles:
-        suffix = f": {_e(profile['label'])}" if len(profiles) > 1 else ""
+    for number, profile in enumerate(profiles):
+        suffix = f": {chr(ord('A') + number)} = {_e(profile['label'])}" if len(profiles) > 1 else ""
         parts.append(f"<h2>Buffers live at the peak{suffix}</h2>")
         parts.append(buffers_figure(profile).to_html(full_html=False, include_plotlyjs=False))
         parts.append(_buffers_table(profile))
