@@ -61,14 +61,15 @@ def _measure_one(index: int) -> dict:
     import numpy as np
     from jax.sharding import Mesh
 
-    from hloscope.programs import get_program, program_options
+    from hloscope._lower import mesh_axes
+    from hloscope.programs import builder_spec, import_object
 
     label, program, options = CASES[index]
-    # What hloscope.programs.lower_program does, keeping the abstract arguments to fill.
-    shape = program_options(program, **options)
+    # What hloscope._lower.lower does, keeping the abstract arguments to fill.
     devices = jax.devices()[:1]
-    mesh = shape.mesh(devices) if hasattr(shape, "mesh") else Mesh(np.array(devices), ("sp",))
-    function, abstract = get_program(program).build(mesh, shape)
+    axes = mesh_axes(program, len(devices), options, None)
+    mesh = Mesh(np.asarray(devices).reshape(tuple(axes.values())), tuple(axes))
+    function, abstract = import_object(builder_spec(program))(mesh, **options)
     jitted = function if hasattr(function, "lower") else jax.jit(function)
     compiled = jitted.lower(*abstract).compile()
     stats = compiled.memory_analysis()
