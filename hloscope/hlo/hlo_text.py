@@ -24,6 +24,9 @@ _GOES_ON = re.compile(r",|[a-z][\w\-]*\(")
 _NAME = re.compile(r"%?([\w.\-]+)$")
 # The common instruction: array shape, so name, shape and opcode come out of one match.
 _FAST = re.compile(r"(ROOT\s+)?%?([\w.\-]+)\s*=\s*([a-z][a-z0-9]*\[[^\]\[]*\](?:\{[^{}]*\})?)\s*([\w\-]+)\(")
+_TYPED = r"\s*(?:[a-z][a-z0-9]*\[[^\]\[]*\](?:\{[^{}]*\})?\s+)?%?[\w.\-]+\s*"
+_TYPED_OPERANDS = re.compile(_TYPED + r"(?:," + _TYPED + r")*")
+_OPERAND_SHAPE = re.compile(r"[a-z][a-z0-9]*\[[^\]\[]*\](?:\{[^{}]*\})?")
 _SIMPLE_OPERANDS = re.compile(r"\s*%?[\w.\-]+\s*(?:,\s*%?[\w.\-]+\s*)*$")
 _ATTR_START = re.compile(r",\s*([\w.\-]+)=")
 _META = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s}]+)')
@@ -78,10 +81,21 @@ class _HloParser:
                 line = line[:k].rstrip()
         return line
 
-    def _statement(self, i: int) -> tuple[str, str, int]:
-        """The statement starting on line index ``i`` (joined while brackets stay open or a line
-        ends with ',' / the next starts with ','), the same with its strings blanked (see
-        blank_strings), and the index of the next line."""
+    def _statement(self, i: int, first: str) -> tuple[str, str, int]:
+        """The statement starting on line index ``i`` (``first``: that line, see _code), joined
+        while brackets stay open, a line ends with ',' or '=' or the next starts with ',' or an
+        opcode; the same with its strings blanked (see blank_strings); the next line's index."""
+        n = len(self.lines)
+        try:
+            blank = blank_strings(first)
+        except ScanError as e:
+            raise self.fail(str(e), i + 1) from None
+        # The common statement: one balanced line, the next line not going on with it.
+        if (blank.count("(") == blank.count(")") and blank.count("{") == blank.count("}")
+                and blank.count("[") == blank.count("]") and "/*" not in blank
+                and not blank.endswith((",", "="))
+                and (i + 1 >= n or not _GOES_ON.match(self.lines[i + 1].lstrip()))):
+            return first, blank, i + 1
         parts: list[str] = []
         blanks: list[str] = []
         depth = 0
@@ -99,7 +113,7 @@ class _HloParser:
                 depth += sum(balance(blank))
                 j += 1
                 if depth <= 0:
-                    if depth == 0 and j < n and (blank.endswith((",", "=")) or _GOES_ON.match(self._code(j))):
+                    if depth == 0 and j < n and (blank.endswith((",", "=")) or _GOES_ON.match(self.lines[j].lstrip())):
                         continue  # attributes, or the opcode after a long shape, on the next line
                     break
             if depth < 0:
@@ -163,7 +177,7 @@ class _HloParser:
                 current = self._open(s, lineno)
                 i += 1
                 continue
-            stmt, blank, i = self._statement(i)
+            stmt, blank, i = self._statement(i, s)
             try:
                 if name is None:
                     name, is_scheduled = self._header(stmt)
@@ -268,6 +282,8 @@ class _HloParser:
             attributes["parameter_number"] = inner
         elif inner and _SIMPLE_OPERANDS.match(inner):
             operands = [p.strip().lstrip("%") for p in inner.split(",")]
+        elif inner and _TYPED_OPERANDS.fullmatch(inner):  # 'f32[2]{0} %a, f32[2]{0} %b'
+            operands = [p.strip().lstrip("%") for p in _OPERAND_SHAPE.sub(" ", inner).split(",")]
         elif inner:
             for k, piece in enumerate(split_top(inner)):
                 words = piece.split()
