@@ -47,23 +47,12 @@ def build_module(
             for callee in dict.fromkeys(inst.called_computations):  # once per distinct callee
                 callers[callee].append(inst)
 
-    graph = networkx.DiGraph()
-    graph.add_nodes_from((key, {"instruction": inst}) for key, inst in index.items())
-    graph.add_edges_from(((src, dst) for dst, srcs in operand_keys.items() for src in srcs), kind="data")
-    graph.add_edges_from(
-        ((comp.name, inst.name), (callee, comps[callee].root().name), {"kind": "calls", "computation": callee})
-        for comp in computations
-        for inst in comp.instructions
-        for callee in inst.called_computations
-    )
-
     module = HloModule(
         name=name,
         dialect=dialect,
         computations=comps,
         entry=entry,
         is_scheduled=is_scheduled,
-        graph=graph,
         _index=index,
         _operand_keys=operand_keys,
         _callers=dict(callers),
@@ -78,6 +67,22 @@ def build_module(
     order = {id(inst): i for i, inst in enumerate(module.instructions())}
     module._loops.sort(key=lambda w: order[id(w.instruction)])
     return module
+
+
+def build_graph(module: HloModule) -> networkx.DiGraph:
+    """The module's networkx graph (HloModule.graph builds it on first use: a large module's
+    analyses do not need it, and it costs a fifth of a parse)."""
+    graph = networkx.DiGraph()
+    graph.add_nodes_from((key, {"instruction": inst}) for key, inst in module._index.items())
+    graph.add_edges_from(((src, dst) for dst, srcs in module._operand_keys.items() for src in srcs), kind="data")
+    graph.add_edges_from(
+        ((comp.name, inst.name), (callee, module.computations[callee].root().name),
+         {"kind": "calls", "computation": callee})
+        for comp in module.computations.values()
+        for inst in comp.instructions
+        for callee in inst.called_computations
+    )
+    return graph
 
 
 def _check_calls(comps: dict[str, Computation], entry: str,

@@ -414,10 +414,13 @@ def _attributes(s: str, blank: str, start: int) -> dict[str, str]:
         raise ScanError(f"expected ', attribute=value' after the operands, got {s[start:].strip()[:40]!r}")
     cuts: list[re.Match[str]] = []
     count = blank.count
+    depth, done = 0, start  # bracket depth of blank[start:done], counted once per stretch
     for m in _ATTR_START.finditer(blank, start):
         p = m.start()
-        opened = count("(", start, p) + count("[", start, p) + count("{", start, p)
-        if opened == count(")", start, p) + count("]", start, p) + count("}", start, p):
+        depth += (count("(", done, p) + count("[", done, p) + count("{", done, p)
+                  - count(")", done, p) - count("]", done, p) - count("}", done, p))
+        done = p
+        if depth == 0:
             cuts.append(m)
     if any(balance(blank[start:])):
         raise ScanError("expected the brackets of the attributes to balance")

@@ -185,7 +185,6 @@ class HloModule:
     computations: dict[str, Computation]
     entry: str
     is_scheduled: bool
-    graph: networkx.DiGraph
     #: Donated buffers: outputs that reuse an entry parameter's memory (see Alias).
     input_output_alias: list[Alias] = field(default_factory=list)
     #: None when sizes are per device. Otherwise one line saying why the module's sizes are
@@ -193,11 +192,20 @@ class HloModule:
     #: hloscope.hlo.sharding).
     sizes_are_global: str | None = None
     _index: dict[NodeKey, Instruction] = field(default_factory=dict, repr=False)
+    _graph: "networkx.DiGraph | None" = field(default=None, repr=False)
     _operand_keys: dict[NodeKey, list[NodeKey]] = field(default_factory=dict, repr=False)
     _callers: dict[str, list[Instruction]] = field(default_factory=dict, repr=False)
     _loops: list[WhileLoop] = field(default_factory=list, repr=False)
     _loop_of: dict[NodeKey, WhileLoop] = field(default_factory=dict, repr=False)
     _nests: dict[str, list[WhileLoop]] = field(default_factory=dict, repr=False)
+
+    @property
+    def graph(self) -> networkx.DiGraph:
+        """The dataflow and call graph (built on first use)."""
+        if self._graph is None:
+            from hloscope.hlo.build import build_graph  # build imports this module
+            self._graph = build_graph(self)
+        return self._graph
 
     def instruction(self, computation: str, name: str) -> Instruction:
         """The instruction ``name`` of ``computation``; KeyError when there is none."""
