@@ -15,6 +15,13 @@ from hloscope.errors import UserError
 from hloscope.targets import DEFAULT_MARGIN, TARGETS, check_gpu_aot, get_target
 from hloscope.versions import toolchain_versions
 
+def _memory_budget(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise ValueError(f"--memory: {error}") from None
+
+
 def add_parser(commands) -> None:
     p = commands.add_parser("search", help="search Q/KV chunks and remat for reftrain's train step; write plan.json")
     p.add_argument("--model", default="mistral-7b", help="reftrain preset")
@@ -87,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         target = get_target(args.target)
-        budget = parse_size(args.memory) if args.memory else target.memory_bytes
+        budget = _memory_budget(args.memory) if args.memory else target.memory_bytes
         fixed = _mesh(args.mesh)
         base = ModelStepShape(model=args.model, seq=args.seq, document_block=args.document_block, **fixed)
         sizes = base.mesh_sizes(args.devices)

@@ -15,13 +15,13 @@ def parse_size(size: int | float | str) -> int:
     Raises ValueError naming the text for anything else, and for sizes that are not positive.
     """
     if isinstance(size, bool):
-        raise ValueError(f"size {size!r}: expected bytes or a number with a unit such as 70GiB")
+        raise ValueError(f"size {size!r}: expected a size in bytes or with a unit, such as 70GiB")
     if isinstance(size, (int, float)):
         count = size
     else:
         match = _SIZE.match(str(size))
         if not match:
-            raise ValueError(f"size {size!r}: expected bytes or a number with a unit such as 70GiB or 80GB")
+            raise ValueError(f"size {size!r}: expected a size in bytes or with a unit, such as 70GiB or 80GB")
         count = float(match.group(1).replace(",", "").replace("_", "")) * _UNITS[(match.group(2) or "b").lower()]
     if not count > 0:
         raise ValueError(f"size {size!r}: must be positive")
