@@ -319,8 +319,9 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
     subject = (f"a loop-invariant {what} value{made} (the same in every iteration: captured by the loop "
                "body or carried through it unchanged)" if invariant else f"a {what} value")
     why = {"forward": "autodiff of a scan saves a residual per iteration for the backward pass",
-           "backward": "the backward loop stacks a result per iteration",
-           None: "the loop stacks one slice per iteration"}[context]
+           "backward": "the backward loop writes one result per iteration, e.g. the gradient of "
+                       "per-layer weights stacked over a scan of layers",
+           None: "the loop stacks one slice per iteration (a scan's ys)"}[context]
     cause = (f"{subject} is saved once per iteration of the loops with trip counts {counts} into "
              f"{dus.shape} ({_human(site.shape.nbytes())}) ({why}).")
     if invariant and context == "forward":
@@ -331,9 +332,14 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
     elif context == "forward":
         remedy = ("rematerialise it in the backward pass (jax.checkpoint with a policy that does not save "
                   "it) or use larger chunks so the loops run fewer iterations.")
+    elif context == "backward":
+        # A gradient stacked over the loop is an output the step needs (an equinox/flax scan over
+        # layers writes its weight gradients this way): fewer iterations cannot remove it.
+        remedy = ("usually needed: it is the gradient of a value stacked over the loop (per-layer "
+                  "weights); if the caller only sums it, accumulate inside the loop instead, or shard it.")
     else:
-        remedy = ("use fewer, larger iterations or a smaller per-iteration output to shrink the "
-                  "stacked buffer.")
+        remedy = ("return smaller per-iteration outputs from the loop, or reduce them inside it "
+                  "instead of stacking them.")
     return Finding("loop_stacked_residual", site.name, site.computation, site.opcode, str(site.shape),
                    dtype, site.shape.nbytes(), op_name, source, loops, invariant, context, cause, remedy,
                    made.removeprefix(", ") or None)

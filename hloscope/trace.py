@@ -37,6 +37,14 @@ _HLO_REAL = frozenset({"reshape"})
 WALKED_CALLS = frozenset({"while", "conditional", "case", "if"}) | CALL_OPCODES
 # Updates XLA performs in place on their first operand (the result shares its buffer).
 IN_PLACE = frozenset({"dynamic-update-slice", "dynamic_update_slice", "scatter"})
+# Elementwise opcodes: XLA may write their result into an operand's buffer when it dies there.
+ELEMENTWISE = frozenset({
+    "add", "subtract", "multiply", "divide", "maximum", "minimum", "power", "remainder", "atan2",
+    "and", "or", "xor", "not", "negate", "abs", "sign", "exponential", "exponential-minus-one", "log",
+    "log-plus-one", "logistic", "tanh", "tan", "sqrt", "rsqrt", "cbrt", "sine", "cosine", "floor", "ceil",
+    "round-nearest-afz", "round-nearest-even", "clamp", "select", "is-finite", "erf",
+    "shift-left", "shift-right-arithmetic", "shift-right-logical",
+})
 # Calls whose results get a buffer of the caller (the callee writes its outputs there).
 _RESULT_IN_CALLER = frozenset({"conditional", "case", "if"}) | CALL_OPCODES
 
@@ -212,7 +220,53 @@ class _LiveSim:
             self.snapshot = [(inst, size) for inst, size in merged.values()]
         self.curve.append(total)
 
-    def _values(self, comp: str) -> dict[str, "Owners"]:
+    def _shareable(self, comp: str, values: dict[str, "Owners"], end: "dict[Owner, int]",
+                   outputs: "frozenset[Owner]") -> dict[str, int]:
+        """Instructions that write their result into an operand's buffer, as XLA's buffer
+        assignment does when the operand dies there (CanShareOperandBufferWithUser): an
+        elementwise op, or a loop fusion whose parameter feeds only elementwise ops, of the
+        operand's shape. Returns {instruction: operand index}. Optimized HLO only."""
+        if self.module.dialect != "hlo":
+            return {}
+        shared: dict[str, int] = {}
+        insts = self.module.computations[comp].instructions
+        for i, inst in enumerate(insts):
+            if inst.shape.is_tuple or not (inst.opcode in ELEMENTWISE or inst.opcode == "fusion"):
+                continue
+            if (inst.name, -1) in outputs:
+                # An output is the caller's (or a donated argument's) buffer: the operand's own
+                # buffer must still be counted until it dies.
+                continue
+            for k, op in enumerate(self.module.operands_of(inst)):
+                if op.computation != comp or op.shape.is_tuple or op.shape.dims != inst.shape.dims \
+                        or op.shape.nbytes() != inst.shape.nbytes():
+                    continue
+                owners = _flat(values.get(op.name, frozenset()))
+                if len(owners) != 1:
+                    continue
+                (owner,) = owners
+                if owner in outputs or end.get(owner) != i or owner[1] >= 0 \
+                        or self.module.instruction(comp, owner[0]).opcode == "parameter":
+                    continue
+                if inst.opcode == "fusion" and not self._elementwise_use(inst, k):
+                    continue
+                shared[inst.name] = k
+                break
+        return shared
+
+    def _elementwise_use(self, fusion: Instruction, k: int) -> bool:
+        """Whether parameter k of `fusion`'s computation feeds only elementwise ops."""
+        callee = fusion.called_computations[0] if fusion.called_computations else None
+        if callee not in self.module.computations or "kind=kLoop" not in f"kind={fusion.attributes.get('kind', '')}":
+            return False
+        comp = self.module.computations[callee]
+        params = [i for i in comp.instructions if i.opcode == "parameter" and i.int_attribute("parameter_number", -1) == k]
+        if len(params) != 1:
+            return False
+        users = [i for i in comp.instructions if params[0].name in i.operands]
+        return bool(users) and all(u.opcode in ELEMENTWISE and u.shape.dims == params[0].shape.dims for u in users)
+
+    def _values(self, comp: str, shared: "dict[str, int] | None" = None) -> dict[str, "Owners"]:
         """Which buffers each value of `comp` is: a set of owners, or one set per tuple element.
 
         An owner is (allocating instruction, tuple element or -1): the elements of a tuple-shaped
@@ -233,6 +287,8 @@ class _LiveSim:
 
         for inst in module.computations[comp].instructions:
             place = in_place_operand(module, inst)
+            if shared and inst.name in shared:
+                place = shared[inst.name]
             n = len(inst.operands)
             if inst.opcode == "parameter":
                 values[inst.name] = frozenset({(inst.name, -1)}) if is_entry else frozenset()
@@ -258,13 +314,9 @@ class _LiveSim:
                 values[inst.name] = frozenset({(inst.name, -1)})
         return values
 
-    def run(self, comp: str, stack: Stack, base: int, uses: "Uses") -> None:
-        """Appends one curve point per instruction of `comp` (and of what it calls)."""
-        module = self.module
-        insts = module.computations[comp].instructions
-        is_entry = comp == module.entry
-        by_name = {inst.name: inst for inst in insts}
-        values = self._values(comp)
+    @staticmethod
+    def _ends(insts: list[Instruction], values: dict[str, "Owners"], uses: "Uses", comp: str) -> "dict[Owner, int]":
+        """Index of the last use of each buffer of `comp` (its own index when never used)."""
         end: dict[Owner, int] = {}
         for i, inst in enumerate(insts):
             value = values[inst.name]
@@ -275,7 +327,22 @@ class _LiveSim:
                     end[owner] = max(end.get(owner, -1), last)
             for owner in _flat(value):
                 end.setdefault(owner, i)  # never used: freed right after it is made
+        return end
+
+    def run(self, comp: str, stack: Stack, base: int, uses: "Uses") -> None:
+        """Appends one curve point per instruction of `comp` (and of what it calls)."""
+        module = self.module
+        insts = module.computations[comp].instructions
+        is_entry = comp == module.entry
+        by_name = {inst.name: inst for inst in insts}
+        values = self._values(comp)
+        end = self._ends(insts, values, uses, comp)
         root_value = values[module.computations[comp].root().name]
+        shared = self._shareable(comp, values, end, _flat(root_value))
+        if shared:  # results written into a dying operand's buffer: values and ends again
+            values = self._values(comp, shared)
+            end = self._ends(insts, values, uses, comp)
+            root_value = values[module.computations[comp].root().name]
         outputs = _flat(root_value)
         for owner in outputs:
             end[owner] = len(insts)  # results live on: in the caller, or as program outputs

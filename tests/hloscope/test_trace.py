@@ -67,12 +67,14 @@ ENTRY main {
 
 def test_straight_line_live_peak_is_the_hand_computed_value() -> None:
     trace = trace_module(parse_module(STRAIGHT))
-    # p0 4 KiB lives throughout; a (4 KiB) dies at b, b (8 KiB) at c; c and r (8 KiB each)
-    # overlap at r, which is the output: 4096 + 8192 + 8192.
-    assert trace.live_curve == [4096, 8192, 16384, 20480, 20480]
+    # p0 4 KiB lives throughout; a (4 KiB) dies at b; c = negate(b) is elementwise and b dies
+    # there, so c is written into b's buffer (as XLA's buffer assignment shares it); c and r
+    # (8 KiB each) overlap at r, which is the output: 4096 + 8192 + 8192.
+    assert trace.live_curve == [4096, 8192, 16384, 12288, 20480]
     assert trace.live_peak == 20480
-    assert trace.schedule[trace.live_peak_index].name == "c"
-    assert [(i.name, b) for i, b in trace.live_at_peak] == [("b", 8192), ("c", 8192), ("p0", 4096)]
+    assert trace.schedule[trace.live_peak_index].name == "r"
+    # b's buffer holds c at the peak; it is named after the instruction that allocated it.
+    assert [(i.name, b) for i, b in trace.live_at_peak] == [("b", 8192), ("r", 8192), ("p0", 4096)]
     # Fig. 2: every output but the parameter's, summed in schedule order.
     assert trace.prealloc_accumulated == [0, 4096, 12288, 20480, 28672]
     assert trace.xla_total is None and "schedule" in trace.sources["live_peak"]
@@ -207,3 +209,24 @@ def test_stablehlo_is_traced_in_textual_order() -> None:
     assert "textual order" in trace.sources["live_peak"] and "no schedule" in trace.sources["live_peak"]
     assert trace.live_peak > 0 and trace.prealloc_total >= trace.live_peak
     assert any(i.opcode == "dynamic_update_slice" for i in trace.schedule)
+
+
+SHARED = """HloModule shared, is_scheduled=true
+
+ENTRY main {
+  p0 = f32[1024] parameter(0)
+  a = f32[1024] exponential(p0)
+  b = f32[1024] negate(a)
+  t = f32[1024] transpose(b), dimensions={0}
+  ROOT r = f32[1024] add(t, t)
+}
+"""
+
+
+def test_elementwise_result_reuses_a_dying_operand_but_not_into_an_output() -> None:
+    trace = trace_module(parse_module(SHARED))
+    # b = negate(a) is written into a's buffer (a dies there); transpose is not elementwise, so
+    # t gets its own buffer; r is the output, which never takes an operand's buffer here (an
+    # output may be a caller's or a donated argument's buffer).
+    assert trace.live_curve == [4096, 8192, 8192, 12288, 12288]
+    assert trace.live_peak == 12288
