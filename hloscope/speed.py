@@ -21,9 +21,9 @@ Only the ranking matters; docs/search.md states the model and its limits.
 from __future__ import annotations
 
 from reftrain.config import ModelConfig
-from reftrain.flops import matmul_parameters
+from reftrain.flops import matmul_parameters, peak_flops_of_kind
 
-PEAK_FLOPS = {"a100-80gb": 312e12, "h100-80gb": 989e12, "h200-141gb": 989e12, "cpu": 1e11}
+CPU_PEAK_FLOPS = 1e11  # targets without a datasheet peak (reftrain/flops.py has the GPUs')
 SUSTAINED = 0.5
 BLOCK_OVERHEAD_S = 5e-6
 
@@ -46,5 +46,5 @@ def predicted_seconds(config: ModelConfig, seq: int, mesh: dict[str, int], targe
     passes = 1 + (1 if c.remat_policy == "full" else 0) + 2.5
     heads_here = c.num_q_heads / mesh["tp"]
     attention_flops = blocks * 4 * c.q_chunk * c.kv_chunk * heads_here * c.head_dim * passes * c.num_layers
-    peak = PEAK_FLOPS.get(target.name, 1e11)
+    peak = peak_flops_of_kind(target.device_kind) or CPU_PEAK_FLOPS
     return (matmul_flops + attention_flops) / (peak * SUSTAINED) + blocks * c.num_layers * BLOCK_OVERHEAD_S

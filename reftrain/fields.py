@@ -2,13 +2,15 @@
 `--set`: a plan with `"q_chunk": "abc"` is refused with one line naming the field, instead of
 failing later in arithmetic with a TypeError traceback.
 
-Annotations understood: int, float (an int is accepted), str, bool, Any, `X | None`,
-`dict[K, V]`, `tuple[X, ...]` and classes (isinstance). bool is never taken for int or float.
+Annotations understood: int (numpy integers too), float (any real number, an int too), str,
+bool, Any, `X | None`, `dict[K, V]`, `tuple[X, ...]` and classes (isinstance). bool is never
+taken for int or float.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import types
 import typing
 from typing import Any
@@ -28,8 +30,10 @@ def matches(value: Any, hint: Any) -> bool:
         return value is None
     if isinstance(value, bool) and hint is not bool:
         return False
+    if hint is int:  # numpy integers too (configs built from computed shapes)
+        return isinstance(value, numbers.Integral)
     if hint is float:
-        return isinstance(value, (int, float))
+        return isinstance(value, numbers.Real)
     if origin is dict:
         key, item = typing.get_args(hint) or (Any, Any)
         return isinstance(value, dict) and all(matches(k, key) and matches(v, item) for k, v in value.items())

@@ -125,6 +125,9 @@ def test_dry_run_shows_the_plan(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["plan"]["mesh"] == {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8} and shown["model"]["q_chunk"] == 32
     assert shown["model"]["rope_theta"] == 75e6 and shown["steps"] == get_phase("tiny", 3).steps()
+    assert shown["model"]["compute_dtype"] == "float32", "on CPU the run computes in float32 unless told"
+    assert run_cli.main(["--phase", "3", "--run-dir", str(tmp_path), "--dry-run", "--set", "compute_dtype=bfloat16"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["compute_dtype"] == "bfloat16"
 
 
 def test_grad_accum_flag_sets_the_step_count_and_the_feed(tmp_path, capsys):
