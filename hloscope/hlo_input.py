@@ -65,8 +65,9 @@ def read_hlo_input(path: str, module: str | None = None) -> HloInput:
     """Reads ``path``: a text file (HLO or StableHLO) or an ``--xla_dump_to`` folder.
 
     For a folder, the module's ``*after_optimizations.txt`` (``module`` picks among several
-    by a part of the file name; otherwise the largest, which is the program rather than the
-    small helpers jax compiles on the way) and its ``*-buffer-assignment.txt``; a folder with
+    by a part of the file name; otherwise the last compiled, the highest module number: jax
+    compiles its helpers and a model's init before the step that runs them; measured on a flax
+    dump the largest text was the init, not the step) and its ``*-buffer-assignment.txt``; a folder with
     only ``*before_optimizations.txt`` is read with a note that sizes are unoptimized.
     Raises HloInputError (path problems) or ParseError (bad text), both one line.
     """
@@ -80,6 +81,12 @@ def read_hlo_input(path: str, module: str | None = None) -> HloInput:
     return HloInput(parsed, None, None, [path], [note])
 
 
+def _number(name: str) -> int:
+    """XLA's module number in a dump file name (module_0022.jit_f...), -1 if none."""
+    found = _MODULE_NUMBER.match(name)
+    return int(found.group(1)) if found else -1
+
+
 def _read_dump(folder: str, wanted: str | None) -> HloInput:
     names = sorted(os.listdir(folder))
     texts = [n for n in names if n.endswith(_AFTER)] or [n for n in names if n.endswith(_BEFORE)]
@@ -90,10 +97,10 @@ def _read_dump(folder: str, wanted: str | None) -> HloInput:
         raise HloInputError(f"{folder}: no *{_AFTER} (or *{_BEFORE}) file{which}; "
                             "expected a folder written by XLA_FLAGS=--xla_dump_to=DIR")
     notes: list[str] = []
-    chosen = max(texts, key=lambda n: (os.path.getsize(os.path.join(folder, n)), n))
+    chosen = max(texts, key=lambda n: (_number(n), os.path.getsize(os.path.join(folder, n))))
     if len(texts) > 1:
         others = ", ".join(n for n in texts if n != chosen)
-        notes.append(f"picked the largest module, {chosen}, of {len(texts)} (others: {others}); "
+        notes.append(f"picked the last module compiled, {chosen}, of {len(texts)} (others: {others}); "
                      "choose another with its name")
     path = os.path.join(folder, chosen)
     parsed = _parse(path)

@@ -49,7 +49,7 @@ def test_dump_folder_module_choice(dump):
     folder, _ = dump
     others = [n for n in os.listdir(folder) if n.endswith("after_optimizations.txt") and "jit_step" not in n]
     if others:  # jax compiled helpers too: the note lists them
-        assert any("picked the largest module" in n for n in read_hlo_input(folder).notes)
+        assert any("picked the last module compiled" in n for n in read_hlo_input(folder).notes)
         picked = read_hlo_input(folder, module=others[0])
         assert picked.files[0].endswith(others[0])
     with pytest.raises(HloInputError, match="no \\*after_optimizations.txt"):
