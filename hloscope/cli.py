@@ -88,7 +88,7 @@ def _check_output(path: Path | None) -> None:
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
 
 
-def _read_hlo(path: Path) -> dict[str, Any]:
+def _read_hlo(path: Path, module: str | None) -> dict[str, Any]:
     from hloscope.hlo import ParseError
     from hloscope.hlo_input import HloInputError
     from hloscope.profile import profile_text
@@ -96,7 +96,7 @@ def _read_hlo(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"cannot read --hlo {path}: no such file or folder")
     try:
-        return profile_text(path)
+        return profile_text(path, module)
     except HloInputError as error:
         raise UserError(f"--hlo {error}") from None
     except ParseError as error:
@@ -137,7 +137,7 @@ def _profile(args: argparse.Namespace) -> int:
     budget = _budget(args.budget)
     if args.command == "check" and budget is None:
         raise UserError("check needs --budget, e.g. --budget 70GiB")
-    profile = _read_hlo(args.hlo) if args.hlo is not None else _compile(args)
+    profile = _read_hlo(args.hlo, args.module) if args.hlo is not None else _compile(args)
     if profile is None:
         return 1
     report.print_profile(profile, top=args.top, budget=budget)
@@ -203,6 +203,7 @@ def _add_program_arguments(parser: argparse.ArgumentParser) -> None:
                              "path/to/file.py:function, called as build(mesh, **options) -> (fn, args)")
     parser.add_argument("--hlo", type=Path, help="profile HLO or StableHLO text instead of compiling: a file, or an "
                                                  "--xla_dump_to folder (its buffer assignment fills xla_total)")
+    parser.add_argument("--module", help="--hlo DIR: the module whose file name contains this (default: the last compiled)")
     parser.add_argument("--target", default="cpu", help=f"one of: {', '.join(sorted(TARGETS))}")
     parser.add_argument("--devices", type=int, default=8, help="devices of the target to compile for")
     parser.add_argument("--mesh", help="mesh axes and sizes, e.g. data=2,model=4 (product = --devices; "
