@@ -133,9 +133,11 @@ def test_a_builder_that_never_returns_is_stopped_by_the_timeout():
     assert result.stderr.count("\n") == 1
 
 
-def test_the_api_raises_program_failed_with_the_status():
+def test_the_api_takes_the_builder_itself_and_raises_program_failed_with_the_status():
+    from tests.hloscope.programs.misbehaving import raises
+
     with pytest.raises(hloscope.ProgramFailed) as caught:
-        hloscope.profile(f"{MISBEHAVING}:raises", devices=2)
+        hloscope.profile(raises, devices=2)
     assert caught.value.status == "error" and "seq must be a multiple of 128" in str(caught.value)
 
 
