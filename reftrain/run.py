@@ -35,7 +35,7 @@ def _parser() -> OneLineParser:
     p.add_argument("--preset", default="tiny", help="model preset: tiny (CPU-sized) or mistral-7b")
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<preset>)")
     p.add_argument("--plan", type=Path, help="plan.json from hloscope search")
-    p.add_argument("--init-from", help="Hugging Face Mistral directory or orbax checkpoint directory")
+    p.add_argument("--init-from", help="Hugging Face Mistral directory, orbax checkpoint directory or phase directory")
     p.add_argument("--chain-unfinished", action="store_true",
                    help="start from the previous phase's latest checkpoint even if that phase is unfinished "
                    "(default: an unfinished previous phase is not chained; the phase starts from a random initialisation)")

@@ -4,7 +4,8 @@
 behind; `load_start_params` then reads the chosen parameters. The order:
 
 1. the phase's own latest checkpoint (resume);
-2. `--init-from` (a Hugging Face directory or an orbax checkpoint directory), when given;
+2. `--init-from` (a Hugging Face directory, an orbax checkpoint directory or a phase
+   directory `<run>/phase<N>`), when given;
 3. the previous phase's final checkpoint, when that phase finished (its latest checkpoint is
    at its last step);
 4. a random initialisation (seed `--seed`).
@@ -21,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from reftrain.files import is_hf_checkpoint_dir
+from reftrain.files import is_hf_checkpoint_dir, is_phase_dir
 from reftrain.phases import Phase, Stage
 
 
@@ -112,10 +113,12 @@ def _init_from(source: str) -> Start:
         return Start("init_from_hf", source, None, f"starting from --init-from {source} (Hugging Face directory)")
     if not path.is_dir():
         raise StartError(f"--init-from {source}: no such directory")
-    step = latest_step(path)
+    checkpoints = path / "checkpoints" if is_phase_dir(path) else path  # a phase directory: its checkpoints
+    step = latest_step(checkpoints)
     if step is None:
         raise StartError(f"--init-from {source}: neither a Hugging Face directory nor an orbax checkpoint directory")
-    return Start("init_from_orbax", f"{source}/{step}", step, f"starting from --init-from {source} (orbax checkpoint, step {step})")
+    return Start("init_from_orbax", f"{checkpoints}/{step}", step,
+                 f"starting from --init-from {source} (orbax checkpoint, step {step})")
 
 
 def load_start_params(start: Start, abstract, param_dtype: str):

@@ -75,6 +75,8 @@ def test_init_from_wins_over_the_previous_phase(tmp_path):
     _phase(tmp_path / "run", 1, [3], total=3)
     start = resolve_start(tmp_path / "run" / "phase2", 2, init_from=str(tmp_path / "other" / "phase4" / "checkpoints"), seed=0)
     assert start.kind == "init_from_orbax" and start.step == 7
+    from_phase = resolve_start(tmp_path / "run" / "phase2", 2, init_from=str(tmp_path / "other" / "phase4"), seed=0)
+    assert (from_phase.kind, from_phase.source) == ("init_from_orbax", str(tmp_path / "other" / "phase4" / "checkpoints" / "7"))
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
