@@ -29,7 +29,7 @@ from _common import Claim, parse_args, print_claims, print_table, save_figure, w
 
 from hloscope.compile import CompileRequest, compile_in_worker
 from hloscope.hlo import parse_module
-from hloscope.profile import analyse
+from hloscope.profiling import analyse
 from hloscope.programs.model_step import ModelStepShape
 from hloscope.targets import MissingGpuAotError, UnknownTargetError, get_target
 from hloscope.trace import prealloc_bytes, walk_schedule

@@ -40,7 +40,7 @@ TARGETS = {"deviceless_vs_real_compile": 0.03, "prediction_vs_measured_peak": 0.
 
 
 def predict(out_dir: Path) -> int:
-    from hloscope.profile import profile_program
+    from hloscope.profiling import profile_program
     from hloscope.programs import program_options
     from reftrain.files import atomic_write_bytes
 

@@ -305,7 +305,7 @@ def compile_case(method: str, seq: int, n: int, chunks: Chunks, target: str, mod
     """Compiles one case deviceless and returns XLA's figures, the collectives and the peak buffers."""
     from hloscope.compile import CompileRequest, compile_in_worker
     from hloscope.hlo import parse_module
-    from hloscope.profile import analyse
+    from hloscope.profiling import analyse
     from hloscope.programs import AttentionShape
 
     # Our XLA ring, the one the analytic model describes (cuDNN's fused ring moves the same

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hloscope.profile import profile_program
+from hloscope.profiling import profile_program
 from hloscope.programs.model_step import ModelStepShape
 
 CASES = (

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hloscope._files import atomic_write_text
-from hloscope.profile import READABLE_SCHEMAS, CompileFailed, profile_program
+from hloscope.profiling import READABLE_SCHEMAS, CompileFailed, profile_program
 from hloscope.units import human_bytes, parse_size
 
 Program = str | Callable[..., Any]

@@ -91,7 +91,7 @@ def _check_output(path: Path | None) -> None:
 def _read_hlo(path: Path, module: str | None) -> dict[str, Any]:
     from hloscope.hlo import ParseError
     from hloscope.hlo_input import HloInputError
-    from hloscope.profile import profile_text
+    from hloscope.profiling import profile_text
 
     if not path.exists():
         raise UserError(f"cannot read --hlo {path}: no such file or folder")
@@ -107,7 +107,7 @@ def _read_hlo(path: Path, module: str | None) -> dict[str, Any]:
 
 def _compile(args: argparse.Namespace) -> dict[str, Any] | None:
     """The profile of --program for the target; None after printing why the compile ran out of memory."""
-    from hloscope.profile import CompileFailed, profile_program
+    from hloscope.profiling import CompileFailed, profile_program
     from hloscope.programs import builder_spec
 
     options = {name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None}

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from hloscope.targets import MissingGpuAotError, check_gpu_aot
 from hloscope.cudnn_workspace import BACKWARD, FORWARD, backward_bytes, forward_bytes, modelled_bytes
-from hloscope.profile import profile_program
+from hloscope.profiling import profile_program
 from hloscope.programs import program_options
 
 PROBE = Path(__file__).resolve().parents[2] / "analyses" / "results" / "cudnn_workspace_h100.json"

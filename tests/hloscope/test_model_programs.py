@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from hloscope.profile import profile_program
+from hloscope.profiling import profile_program
 from hloscope.programs.model_step import ModelStepShape
 from reftrain import model
 from reftrain.sharding import make_mesh

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hloscope import cli
-from hloscope.profile import profile_program
+from hloscope.profiling import profile_program
 from hloscope.programs import lower_program
 from hloscope.programs.model_step import ModelStepShape
 from hloscope.search import candidates
