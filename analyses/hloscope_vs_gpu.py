@@ -116,6 +116,12 @@ def measure(out_dir: Path, predicted_path: Path) -> int:
             continue
         lines.append(f"| {r['label']} | {r['predicted_xla_total'] / 2**30:.3f} GiB | {r['real_compile']['xla_total'] / 2**30:.3f} GiB | "
                      f"{r['peak_bytes_in_use'] / 2**30:.3f} GiB | {r['deviceless_vs_real_compile']:+.2%} | {r['prediction_vs_measured_peak']:+.2%} |")
+    predicted_versions = next(iter(predicted.values())).get("versions") or {}
+    measured = next((r for r in rows if "error" not in r), {})
+    lines += ["", f"Predicted deviceless on the CPU host with {', '.join(f'{k} {v}' for k, v in predicted_versions.items())}; "
+              f"real compile and peak measured on one {measured.get('device', '?')} with jax {measured.get('jax', '?')}. "
+              "The cuDNN attention workspace model (hloscope/cudnn_workspace.py) was fitted on 40 compiles at "
+              "4,096 and 16,384 tokens (analyses/results/cudnn_workspace_h100.json), none of the shapes above."]
     table = "\n".join(lines) + "\n"
     print(table)
     payload = {"target": TARGET, "targets": TARGETS, "rows": rows}
