@@ -21,6 +21,7 @@ def build_module(
     operand_keys: dict[NodeKey, list[NodeKey]],
     loop_parts: dict[NodeKey, tuple[str, str]],
     fail: Callable[[str, NodeKey], ParseError] | None = None,
+    forward: set[str] | None = None,
 ) -> HloModule:
     """Builds the module; the parsers have already checked that every name resolves.
 
@@ -30,22 +31,26 @@ def build_module(
 
     ``operand_keys`` maps each instruction to the node keys of its operands (which differ from
     ``(computation, operand name)`` only for MLIR region captures); ``loop_parts`` maps each
-    while instruction to its (body, condition) computation names.
+    while instruction to its (body, condition) computation names. ``forward`` names the
+    computations where an operand is defined at or after its user, if the parser knows them
+    (only those can hold an operand cycle); None: they are found here.
     """
     comps = {c.name: c for c in computations}
     if fail is None:
         def fail(reason: str, key: NodeKey) -> ParseError:
             return ParseError(f"{reason} (at {key[0]}/{key[1]})")
     _check_calls(comps, entry, fail)
-    _check_operand_cycles(computations, operand_keys, fail)
+    _check_operand_cycles(computations, operand_keys, fail, forward)
     index: dict[NodeKey, Instruction] = {}
     callers: dict[str, list[Instruction]] = defaultdict(list)
     for comp in computations:
-        comp.is_entry = comp.name == entry
+        cname = comp.name
+        comp.is_entry = cname == entry
         for inst in comp.instructions:
-            index[(comp.name, inst.name)] = inst
-            for callee in dict.fromkeys(inst.called_computations):  # once per distinct callee
-                callers[callee].append(inst)
+            index[(cname, inst.name)] = inst
+            if inst.called_computations:
+                for callee in dict.fromkeys(inst.called_computations):  # once per distinct callee
+                    callers[callee].append(inst)
 
     module = HloModule(
         name=name,
@@ -64,8 +69,9 @@ def build_module(
             trips = infer_trip_count(module, inst, body, condition)
         module._loops.append(WhileLoop(inst, body, condition, trips))
         module._loop_of[key] = module._loops[-1]
-    order = {id(inst): i for i, inst in enumerate(module.instructions())}
-    module._loops.sort(key=lambda w: order[id(w.instruction)])
+    if len(module._loops) > 1:
+        order = {id(inst): i for i, inst in enumerate(module.instructions())}
+        module._loops.sort(key=lambda w: order[id(w.instruction)])
     return module
 
 
@@ -92,7 +98,7 @@ def _check_calls(comps: dict[str, Computation], entry: str,
     Python's stack here either."""
     calls: dict[str, list[tuple[str, Instruction]]] = {}
     for comp in comps.values():
-        calls[comp.name] = [(callee, inst) for inst in comp.instructions
+        calls[comp.name] = [(callee, inst) for inst in comp.instructions if inst.called_computations
                             for callee in dict.fromkeys(inst.called_computations) if callee in comps]
     height: dict[str, int] = {}  # longest chain of calls below a computation
     on_path: set[str] = set()
@@ -124,20 +130,26 @@ def _check_calls(comps: dict[str, Computation], entry: str,
 
 
 def _check_operand_cycles(computations: list[Computation], operand_keys: dict[NodeKey, list[NodeKey]],
-                          fail: Callable[[str, NodeKey], ParseError]) -> None:
+                          fail: Callable[[str, NodeKey], ParseError], known: set[str] | None = None) -> None:
     """Refuses an instruction that depends on itself through its operands. Only computations
     with a forward reference (an operand defined at or after its user, which HLO text allows)
-    can have one, so the others cost one pass."""
+    can have one, so the others cost one pass (none when the parser has listed the computations
+    with a forward reference in ``known``)."""
     for comp in computations:
+        cname = comp.name
+        if known is not None and cname not in known:
+            continue
         where = {inst.name: i for i, inst in enumerate(comp.instructions)}
         forward = False
         for i, inst in enumerate(comp.instructions):
-            for c, name in operand_keys.get((comp.name, inst.name), ()):
-                if c == comp.name and where.get(name, -1) >= i:
-                    forward = True
+            keys = operand_keys.get((cname, inst.name))
+            if keys:
+                for c, name in keys:
+                    if c == cname and where.get(name, -1) >= i:
+                        forward = True
+                        break
+                if forward:
                     break
-            if forward:
-                break
         if not forward:
             continue
         graph = networkx.DiGraph()

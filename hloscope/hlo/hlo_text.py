@@ -7,7 +7,7 @@ import re
 from hloscope.hlo.build import build_module
 from hloscope.hlo.errors import ParseError, ScanError
 from hloscope.hlo.model import Alias, Computation, HloModule, Instruction, NodeKey, Shape
-from hloscope.hlo.scan import balance, blank_strings, find_close, split_top, strip_comments, unquote
+from hloscope.hlo.scan import STRING, balance, blank_strings, find_close, split_top, strip_comments, unquote
 from hloscope.hlo.sharding import hlo_global_reason
 from hloscope.hlo.shapes import parse_hlo_shape
 
@@ -29,10 +29,41 @@ _TYPED_OPERANDS = re.compile(_TYPED + r"(?:," + _TYPED + r")*")
 _OPERAND_SHAPE = re.compile(r"[a-z][a-z0-9]*\[[^\]\[]*\](?:\{[^{}]*\})?")
 _SIMPLE_OPERANDS = re.compile(r"\s*%?[\w.\-]+\s*(?:,\s*%?[\w.\-]+\s*)*$")
 _ATTR_START = re.compile(r",\s*([\w.\-]+)=")
-_META = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s}]+)')
+_META = re.compile(r'(\w+)=("[^"\\]*+(?:\\.[^"\\]*+)*+"|[^\s}]+)')
 _SECTION_ENTRY = re.compile(r"(\d+)\s+(.*)$")
 _SECTIONS = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 # Attributes whose value names computations (``select``/``scatter`` only on select-and-scatter).
+# One whole instruction line in the form XLA prints, matched in one go (most lines of a large
+# module): name, shape (array or tuple of arrays), opcode, operands that are names with or without
+# their shapes, and attributes whose values are a string, a bracket-free word or braces nested at
+# most three deep (inside, ( ) and [ ] one deep). No '/' outside strings, so no comment hides in
+# it. A line this does not match takes the general path below, which accepts more and reports
+# errors; on the lines this matches the two give the same instruction (tests/hloscope/
+# test_hlo_parser.py checks that on the fixtures).
+_ARRAY_SHAPE = r"[a-z][a-z0-9]*\[[^\]\[/]*+\](?:\{[^{}/]*+\})?"
+_LINE_SHAPE = _ARRAY_SHAPE + r"|\((?:[^()/]++|\([^()/]*+\))*+\)"
+# Runs of characters and possessive quantifiers: the engine never backtracks into a value.
+_STR = r'"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"'
+_IN = r'[^{}()\[\]"/]++'  # plain characters inside braces
+_BRACE1 = r"\{(?:" + _IN + "|" + _STR + r")*+\}"
+_INNER = (_IN + "|" + _STR + r'|\[[^{}()\[\]"/]*+\]|\((?:' + _IN + "|" + _STR + "|" + _BRACE1 + r")*+\)")
+_BRACE2 = r"\{(?:" + _INNER + "|" + _BRACE1 + r")*+\}"
+_BRACE3 = r"\{(?:" + _INNER + "|" + _BRACE2 + r")*+\}"
+_WORD = r'[^,{}()\[\]"/\s]++'
+_VALUE = _STR + "|" + r"\{(?:" + _INNER + "|" + _BRACE3 + r")*+\}|" + _WORD + r"(?:\s++" + _WORD + ")*+"
+_OPERAND = r"(?:(?:" + _LINE_SHAPE + r")\s+)?%?[\w.\-]+"
+_ATTR = r"\s*,\s*[\w.\-]+=\s*(?:" + _VALUE + ")"
+# The last attribute is captured on its own (the others go through _LINE_ATTR.findall): it is
+# mostly the long metadata={...}, which is then scanned once. The lazy '*?' retries one short
+# attribute at a time, each try stopping at its end.
+_LINE = re.compile(r"\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(" + _LINE_SHAPE + r")\s*([\w\-]+)\(\s*((?:"
+                   + _OPERAND + r"\s*(?:,\s*" + _OPERAND + r"\s*)*+)?)\)(?:((?:" + _ATTR
+                   + r")*?)\s*,\s*([\w.\-]+)=\s*(" + _VALUE + r"))?\s*")
+_LINE_ATTR = re.compile(r",\s*([\w.\-]+)=\s*(" + _VALUE + ")")
+_LINE_OPERAND = re.compile(r"(?:(?:" + _LINE_SHAPE + r")\s+)?%?([\w.\-]+)")
+_PARAM = r"[\w.\-]+\s*:\s*(?:" + _LINE_SHAPE + r")\s*"
+_SIGNATURE = re.compile(r"\(\s*(?:" + _PARAM + r"(?:,\s*" + _PARAM + r")*+)?\)\s*->\s*(?:" + _LINE_SHAPE + ")")
+_GOES_ON_LINE = re.compile(r"\s*(?:,|[a-z][\w\-]*\()")
 _CALL_KEYS = frozenset({"calls", "to_apply", "body", "condition", "true_computation",
                         "false_computation", "branch_computations", "called_computations"})
 
@@ -55,8 +86,9 @@ def parse_hlo(text: str) -> HloModule:
 
 
 class _HloParser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, by_line: bool = True) -> None:
         self.lines = text.splitlines()
+        self.by_line = by_line  # False: every statement through the general path (tests)
         self.comps: list[_Comp] = []
         self.sections: dict[str, dict[int, str]] = {s: {} for s in _SECTIONS}
         self.shapes: dict[str, Shape] = {}
@@ -64,6 +96,7 @@ class _HloParser:
         self.header: dict[str, str] = {}
         self.inferred: list[tuple[_Comp, str]] = []  # instructions written without a shape
         self.aliases: list[Alias] = []
+        self.metadata: dict[str, tuple[str | None, str | None, int | None, int | None]] = {}
 
     def fail(self, expected: str, lineno: int) -> ParseError:
         line = self.lines[lineno - 1] if 1 <= lineno <= len(self.lines) else None
@@ -143,9 +176,20 @@ class _HloParser:
         current: _Comp | None = None
         section: str | None = None
         i = 0
-        n = len(self.lines)
+        lines = self.lines
+        n = len(lines)
+        line_match, goes_on, by_line = _LINE.fullmatch, _GOES_ON_LINE.match, self.by_line
         while i < n:
             lineno = i + 1
+            if current is not None and by_line:
+                m = line_match(lines[i])
+                if m is not None and (lineno >= n or not goes_on(lines[lineno])):
+                    try:
+                        self._line_instruction(m, current, lineno)
+                    except ScanError as e:
+                        raise self.fail(str(e), lineno) from None
+                    i = lineno
+                    continue
             s = self._code(i)
             if not s:
                 i += 1
@@ -224,7 +268,8 @@ class _HloParser:
         try:
             if m is None or (signature and not signature.startswith(("(", ","))):
                 raise ScanError("expected a computation header like '%name (p: f32[2]) -> f32[2] {'")
-            split_top(signature)  # only to check its brackets and strings
+            if not _SIGNATURE.fullmatch(signature):  # the common form needs no scan
+                split_top(signature)  # only to check its brackets and strings
         except ScanError as e:
             raise self.fail(str(e), lineno) from None
         return _Comp(m.group(2), bool(m.group(1)), lineno)
@@ -239,6 +284,58 @@ class _HloParser:
         if not roots:  # XLA's own parser makes the last instruction the root
             comp.instructions[-1].is_root = True
         self.comps.append(comp)
+
+    def _line_instruction(self, m: re.Match[str], comp: _Comp, lineno: int) -> None:
+        """An instruction line _LINE matched: what _instruction makes of it, without scanning."""
+        root, name, text, opcode, inner, rest, last_key, last_value = m.groups()
+        shape = self.shapes.get(text)
+        if shape is None:  # a module repeats few distinct shapes: parse each once
+            shape, end = parse_hlo_shape(text)
+            if end != len(text):
+                raise ScanError(f"expected an opcode after the shape {text!r}")
+            self.shapes[text] = shape
+        lines = comp.lines
+        if name in lines:
+            raise ScanError(f"expected a new instruction name; {name!r} is already defined "
+                            f"on line {lines[name]}")
+        if last_key is None:
+            attributes = {}
+        else:
+            attributes = dict(_LINE_ATTR.findall(rest)) if rest else {}
+            attributes[last_key] = last_value
+        operands: list[str] = []
+        if opcode == "constant":
+            attributes["literal"] = inner.rstrip()
+        elif opcode == "parameter":
+            inner = inner.rstrip()
+            if not inner.isdecimal():
+                raise ScanError("expected parameter(<number>)")
+            attributes["parameter_number"] = inner
+        elif inner:
+            operands = _LINE_OPERAND.findall(inner)
+        if opcode == "select-and-scatter" or not _CALL_KEYS.isdisjoint(attributes):
+            called = _called(opcode, attributes)
+            if opcode == "while" and not ("body" in attributes and "condition" in attributes):
+                raise ScanError("expected condition=%cond and body=%body on a while")
+        else:
+            called = []
+            if opcode == "while":
+                raise ScanError("expected condition=%cond and body=%body on a while")
+        meta = attributes.get("metadata")
+        if meta is None:
+            op_name = source_file = source_line = frame = None
+        else:
+            found = self.metadata.get(meta)
+            if found is None:  # fusions repeat their caller's metadata: read each text once
+                found = self.metadata[meta] = _metadata(meta)
+            op_name, source_file, source_line, frame = found
+        instructions = comp.instructions
+        instructions.append(Instruction(
+            name, opcode, shape, comp.name, operands, called, attributes, op_name, source_file,
+            source_line, len(instructions), root is not None, [None] * len(operands)))
+        lines[name] = lineno
+        if frame is not None and source_file is None:
+            comp.frames[name] = frame
 
     def _instruction(self, s: str, blank: str, comp: _Comp, lineno: int) -> None:
         m = _FAST.match(s)
@@ -369,25 +466,37 @@ class _HloParser:
         operand_keys: dict[NodeKey, list[NodeKey]] = {}
         loop_parts: dict[NodeKey, tuple[str, str]] = {}
         frames = _StackFrames(self.sections)
+        forward: set[str] = set()  # computations where an operand is defined after its user
         for comp in self.comps:
+            cname, lines = comp.name, comp.lines
+            before: set[str] = set()
             for inst in comp.instructions:
-                lineno = comp.lines[inst.name]
-                for operand in inst.operands:
-                    if operand not in comp.lines:
-                        raise self.fail(f"expected operand {operand!r} to be an instruction of "
-                                        f"computation {comp.name!r}", lineno)
-                for callee in inst.called_computations:
-                    if callee not in by_name:
-                        raise self.fail(f"expected called computation {callee!r} to be defined", lineno)
-                operand_keys[(comp.name, inst.name)] = [(comp.name, o) for o in inst.operands]
-                if inst.opcode == "while":
-                    loop_parts[(comp.name, inst.name)] = (_strip(inst.attributes["body"]),
+                operands = inst.operands
+                if operands:  # no entry for none: every reader takes a missing key as []
+                    for operand in operands:
+                        if operand not in before:
+                            if operand not in lines:
+                                raise self.fail(f"expected operand {operand!r} to be an instruction of "
+                                                f"computation {cname!r}", lines[inst.name])
+                            forward.add(cname)
+                    operand_keys[(cname, inst.name)] = [(cname, o) for o in operands]
+                before.add(inst.name)
+                if inst.called_computations:
+                    for callee in inst.called_computations:
+                        if callee not in by_name:
+                            raise self.fail(f"expected called computation {callee!r} to be defined",
+                                            lines[inst.name])
+                    if inst.opcode == "while":
+                        loop_parts[(cname, inst.name)] = (_strip(inst.attributes["body"]),
                                                           _strip(inst.attributes["condition"]))
-                if inst.name in comp.frames:
-                    inst.source_file, inst.source_line = frames.source(comp.frames[inst.name])
+            if comp.frames:
+                for inst in comp.instructions:
+                    if inst.name in comp.frames:
+                        inst.source_file, inst.source_line = frames.source(comp.frames[inst.name])
         computations = [Computation(c.name, c.instructions, c.name == entry) for c in self.comps]
         module = build_module(name, "hlo", computations, entry, is_scheduled, operand_keys, loop_parts,
-                              lambda reason, key: self.fail(reason, by_name[key[0]].lines[key[1]]))
+                              lambda reason, key: self.fail(reason, by_name[key[0]].lines[key[1]]),
+                              forward=forward)
         module.input_output_alias = self.aliases
         module.sizes_are_global = hlo_global_reason(module)
         return module
