@@ -58,6 +58,9 @@ class LocResolver:
         """op_name, file, line of location text such as ``#loc12`` or ``"name"("f.py":3:4)``."""
         if not text:
             return _NONE
+        known = self._done.get(text)  # '#loc12', resolved before: most ops' location
+        if known is not None:
+            return known
         info, end = self._loc(text, 0, 0)
         if text[end:].strip():
             raise ScanError(f"expected the end of the location, got {text[end:].strip()[:40]!r}")

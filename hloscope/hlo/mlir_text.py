@@ -26,6 +26,16 @@ from hloscope.hlo.shapes import parse_mlir_type
 _MODULE = re.compile(r'module(?:\s+@([\w$.\-]+|"[^"]*"))?')
 _FUNC = re.compile(r'(?:func\.func|func)\s+(?:(public|private|nested)\s+)?@([\w$.\-]+|"[^"]*")\s*(?=\()')
 _BLOCK = re.compile(r"\^[\w$.\-]+")
+# The common op line, '%3 = stablehlo.add %1, %2 : tensor<8x16xf32> loc(#loc4)': one result,
+# value operands only, plain tensor types, an aliased or no location. It is read here in one
+# match; every other line (and this one where the next line might go on with it) goes through
+# _Joiner, _line and parse_op, which give the same instruction for it (test_hlo_line_path).
+_TENSOR = r"tensor<[\w?]*>"
+_SIMPLE_OP = re.compile(r"%([\w$.\-]+)\s*=\s*([A-Za-z_][\w$]*\.[\w$.]+)\s+(%[\w$.\-]+(?:#\d+)?(?:\s*,\s*%[\w$.\-]+"
+                        r"(?:#\d+)?)*)\s+:\s+(" + _TENSOR + r"(?:\s*,\s*" + _TENSOR + r")*)"
+                        r"(?:\s+loc\((#[\w.$\-]+|unknown)\))?")
+_SIMPLE_OPERAND = re.compile(r"%([\w$.\-]+)(?:#(\d+))?")
+_SPECIAL_OPS = ("compare", "constant", "while", "return")  # parse_op gives these more than names
 _CONTINUATION = re.compile(r"([A-Za-z_]\w*)\s*((?:\(.*\))?)\s*\{$")
 _TYPE_ALIAS = re.compile(r"(![\w.$\-]+)\s*=\s*(.*)$")
 _TYPE_USE = re.compile(r"(![\w.$\-]+)")
@@ -125,9 +135,10 @@ def parse_stablehlo(text: str) -> HloModule:
 
 
 class _MlirParser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, by_line: bool = True) -> None:
         self.text = text
         self.lines = text.splitlines()
+        self.by_line = by_line  # False: every line through the general path (tests)
         self.stack: list[Frame] = []
         self.scopes: list[Scope] = []
         self.by_name: dict[str, Scope] = {}
@@ -154,6 +165,8 @@ class _MlirParser:
             if t.endswith("( {"):  # older MLIR printed a generic op's regions as '( {'
                 t = t[:-3].rstrip() + "({"
             try:
+                if self.by_line and t.startswith("%") and self._simple_op(t, i, start + 1):
+                    continue
                 # One statement may span several lines (see _Joiner).
                 joiner = _Joiner(t)
                 if i < n and joiner.goes_on(self._peek(i)):
@@ -176,6 +189,28 @@ class _MlirParser:
             raise ParseError(f"expected '}}' to close {what} before the end of the input",
                              frame.lineno, self.lines[frame.lineno - 1])
         return self._finish()
+
+    def _simple_op(self, t: str, i: int, lineno: int) -> bool:
+        """Reads ``t`` if it is the common op line (_SIMPLE_OP) in a function or region and the
+        next line (index ``i``) starts a statement of its own; False: the general path reads it."""
+        m = _SIMPLE_OP.fullmatch(t)
+        if m is None or not self.stack or self.stack[-1].kind == "module":
+            return False
+        name, op, args, types, loc = m.groups()
+        if op.rpartition(".")[2] in _SPECIAL_OPS or "applies" in args:
+            return False
+        if i < len(self.lines):
+            nxt = self.lines[i].strip()
+            if (not nxt or nxt.startswith(("//", ":", "->", "{"))
+                    or (nxt.startswith("attributes") and nxt[10:11] in (" ", "{"))):
+                return False  # see _Joiner.goes_on
+        self.pending = None
+        operands = [(v, int(k) if k else None) for v, k in _SIMPLE_OPERAND.findall(args)]
+        syntax = OpSyntax([(name, 1)], op, False, operands, {"asm": args},
+                          [p.strip() for p in types.split(",")])
+        scope = self.stack[-1].scope
+        self.pending = OpenOp(self._instruction(syntax, scope, lineno, loc), scope, syntax, False, lineno)
+        return True
 
     def _expand(self, t: str) -> str:
         """``t`` with the type aliases defined so far (``!tuple = tuple<..>``) written out."""
@@ -383,9 +418,9 @@ class _MlirParser:
             source_line=None, position=position, is_root=False, operand_results=results,
         )
         scope.add(inst, keys, lineno, loc)
-        first = 0
+        first, total = 0, syntax.count
         for value, count in syntax.results:
-            scope.values[value] = (name, first, count, syntax.count)
+            scope.values[value] = (name, first, count, total)
             first += count
         if syntax.symbols:
             scope.symbols[name] = syntax.symbols
@@ -491,7 +526,8 @@ class _MlirParser:
             for inst in scope.instructions:
                 lineno = scope.lines[inst.name]
                 try:
-                    self._calls(inst, scope.symbols.get(inst.name, []))
+                    if inst.opcode == "custom_call" or inst.name in scope.symbols:
+                        self._calls(inst, scope.symbols.get(inst.name, []))
                     inst.op_name, inst.source_file, inst.source_line = self.locs.resolve(scope.locs[inst.name])
                     if inst.opcode == "while" and not {"body", "condition"} <= inst.attributes.keys():
                         raise ScanError("expected a while with a cond region and a body region")

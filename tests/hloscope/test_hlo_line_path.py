@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from hloscope.hlo import ParseError
 from hloscope.hlo.hlo_text import _LINE, _HloParser
+from hloscope.hlo.mlir_text import _MlirParser
 
 from tests.hloscope.test_hlo_parser import texts
 
@@ -84,4 +85,49 @@ def test_generated_lines_parse_the_same_both_ways(root, name, shape, opcode, ope
             f"{spaces}")
     text = _HEADER + line + "\n" + next_line + "\n"
     fast, general = _both(text)
+    assert fast == general, line
+
+
+def _both_mlir(text: str) -> tuple[object, object]:
+    out = []
+    for by_line in (True, False):
+        try:
+            out.append(_key(_MlirParser(text, by_line).parse()))
+        except ParseError as e:
+            out.append(("ParseError", str(e)))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("program", ["fori", "nested", "branchy"])
+@pytest.mark.parametrize("form", ["stablehlo", "debug"])
+def test_lowered_programs_parse_the_same_both_ways(program, form):
+    fast, general = _both_mlir(texts(program)[form])
+    assert fast == general
+
+
+_MLIR_HEAD = """#loc1 = loc("f.py":3:4)
+#loc2 = loc("jit(f)/add"(#loc1))
+module @m {
+  func.func public @main(%arg0: tensor<4xf32>, %arg1: tensor<4xi1>) -> tensor<4xf32> {
+    %t:2 = stablehlo.optimization_barrier %arg0, %arg0 : tensor<4xf32>, tensor<4xf32>
+"""
+_MLIR_OPS = ["stablehlo.add", "stablehlo.tanh", "mhlo.multiply", "stablehlo.compare", "stablehlo.constant",
+             "stablehlo.return", "func.return", "stablehlo.select", "chlo.erf", "stablehlo.applies"]
+_MLIR_OPERANDS = ["%arg0", "%arg0, %arg0", "%t#1, %arg0", "%t#2", "%nope", "%arg1, %arg0, %arg0", "%r"]
+_MLIR_TYPES = ["tensor<4xf32>", "tensor<4xi1>, tensor<4xf32>", "tensor<f32>", "tensor<4xq32>", "tensor<?xf32>"]
+_MLIR_LOCS = ["", " loc(#loc2)", " loc(#loc9)", " loc(unknown)", ' loc("x")']
+_MLIR_NEXT = ["return %r : tensor<4xf32>", ": tensor<4xf32>\n    return %r : tensor<4xf32>",
+              "{attr = 1}\n    return %r : tensor<4xf32>", "\n    return %r : tensor<4xf32>",
+              "// c\n    return %r : tensor<4xf32>", "%r = stablehlo.add %arg0, %arg0 : tensor<4xf32>\n"
+              "    return %r : tensor<4xf32>"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(["%r", "%0", "%arg0"]), op=st.sampled_from(_MLIR_OPS),
+       operands=st.sampled_from(_MLIR_OPERANDS), types=st.sampled_from(_MLIR_TYPES),
+       loc=st.sampled_from(_MLIR_LOCS), next_line=st.sampled_from(_MLIR_NEXT))
+def test_generated_mlir_lines_parse_the_same_both_ways(name, op, operands, types, loc, next_line):
+    line = f"    {name} = {op} {operands} : {types}{loc}"
+    text = _MLIR_HEAD + line + "\n    " + next_line + "\n  }\n}\n"
+    fast, general = _both_mlir(text)
     assert fast == general, line
