@@ -295,47 +295,49 @@ class _HloParser:
                 raise ScanError(f"expected an opcode after the shape {text!r}")
             self.shapes[text] = shape
         lines = comp.lines
-        if name in lines:
+        defined = lines.setdefault(name, lineno)  # no line defines two instructions on this path
+        if defined != lineno:
             raise ScanError(f"expected a new instruction name; {name!r} is already defined "
-                            f"on line {lines[name]}")
-        if last_key is None:
-            attributes = {}
-        else:
-            attributes = dict(_LINE_ATTR.findall(rest)) if rest else {}
-            attributes[last_key] = last_value
-        operands: list[str] = []
-        if opcode == "constant":
-            attributes["literal"] = inner.rstrip()
-        elif opcode == "parameter":
+                            f"on line {defined}")
+        if opcode == "parameter":
             inner = inner.rstrip()
             if not inner.isdecimal():
                 raise ScanError("expected parameter(<number>)")
-            attributes["parameter_number"] = inner
-        elif inner:
+            operands: list[str] = []
+        elif opcode == "constant" or not inner:
+            operands = []
+        else:
             operands = _LINE_OPERAND.findall(inner)
-        if opcode == "select-and-scatter" or not _CALL_KEYS.isdisjoint(attributes):
-            called = _called(opcode, attributes)
-            if opcode == "while" and not ("body" in attributes and "condition" in attributes):
-                raise ScanError("expected condition=%cond and body=%body on a while")
+        called: list[str] = []
+        op_name = source_file = source_line = frame = None
+        if last_key is None:
+            attributes: dict[str, str] = {}
         else:
-            called = []
-            if opcode == "while":
-                raise ScanError("expected condition=%cond and body=%body on a while")
-        meta = attributes.get("metadata")
-        if meta is None:
-            op_name = source_file = source_line = frame = None
-        else:
-            found = self.metadata.get(meta)
-            if found is None:  # fusions repeat their caller's metadata: read each text once
-                found = self.metadata[meta] = _metadata(meta)
-            op_name, source_file, source_line, frame = found
+            if rest:
+                attributes = dict(_LINE_ATTR.findall(rest))
+                attributes[last_key] = last_value
+            else:
+                attributes = {last_key: last_value}
+            if opcode == "select-and-scatter" or not _CALL_KEYS.isdisjoint(attributes):
+                called = _called(opcode, attributes)
+            meta = attributes.get("metadata")
+            if meta is not None:
+                found = self.metadata.get(meta)
+                if found is None:  # fusions repeat their caller's metadata: read each text once
+                    found = self.metadata[meta] = _metadata(meta)
+                op_name, source_file, source_line, frame = found
+                if frame is not None and source_file is None:
+                    comp.frames[name] = frame
+        if opcode == "constant":
+            attributes["literal"] = inner.rstrip()
+        elif opcode == "parameter":
+            attributes["parameter_number"] = inner
+        elif opcode == "while" and not ("body" in attributes and "condition" in attributes):
+            raise ScanError("expected condition=%cond and body=%body on a while")
         instructions = comp.instructions
         instructions.append(Instruction(
             name, opcode, shape, comp.name, operands, called, attributes, op_name, source_file,
             source_line, len(instructions), root is not None, [None] * len(operands)))
-        lines[name] = lineno
-        if frame is not None and source_file is None:
-            comp.frames[name] = frame
 
     def _instruction(self, s: str, blank: str, comp: _Comp, lineno: int) -> None:
         m = _FAST.match(s)
@@ -466,21 +468,24 @@ class _HloParser:
         operand_keys: dict[NodeKey, list[NodeKey]] = {}
         loop_parts: dict[NodeKey, tuple[str, str]] = {}
         frames = _StackFrames(self.sections)
-        forward: set[str] = set()  # computations where an operand is defined after its user
+        # Computations where an operand may be defined after its user: one on the same line or
+        # below (an operand written in place shares its user's line but comes first; such a
+        # computation only gets the full check it would not need).
+        forward: set[str] = set()
         for comp in self.comps:
             cname, lines = comp.name, comp.lines
-            before: set[str] = set()
             for inst in comp.instructions:
                 operands = inst.operands
                 if operands:  # no entry for none: every reader takes a missing key as []
+                    here = lines[inst.name]
                     for operand in operands:
-                        if operand not in before:
-                            if operand not in lines:
-                                raise self.fail(f"expected operand {operand!r} to be an instruction of "
-                                                f"computation {cname!r}", lines[inst.name])
+                        there = lines.get(operand)
+                        if there is None:
+                            raise self.fail(f"expected operand {operand!r} to be an instruction of "
+                                            f"computation {cname!r}", here)
+                        if there >= here:
                             forward.add(cname)
                     operand_keys[(cname, inst.name)] = [(cname, o) for o in operands]
-                before.add(inst.name)
                 if inst.called_computations:
                     for callee in inst.called_computations:
                         if callee not in by_name:
