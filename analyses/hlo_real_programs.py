@@ -1,103 +1,197 @@
 """Issue 17, item 2: hloscope's live_peak against XLA's memory_analysis total on real programs.
 
-    nice -n 10 python analyses/hlo_real_programs.py [--target cpu]
+    nice -n 10 python analyses/hlo_real_programs.py [--targets cpu,h100-80gb] [--only NAME]
 
-Builds programs from public libraries (a flax linen decoder with nn.scan + nn.remat, a conv
-net, a shard_map ring over 4 host devices, an optax Adam loop under lax.fori_loop, a donated
-train step), compiles each for CPU, parses the optimized HLO and prints live_peak /
-xla_total (argument + output + temp - alias). Writes analyses/results/hlo_real_programs.json.
-GPU (deviceless H100) is not run here: it needs the gpu-aot compile of hloscope.compile on a
-machine the lead runs it on.
+Compiles programs written with public libraries (flax linen, optax) and reftrain's own train
+step, each for XLA:CPU and for a deviceless H100 (the gpu-aot extra compiles for the GPU on this
+CPU host), through hloscope's public API (`hloscope.profile`: a worker compiles, hloscope parses
+the optimized HLO and simulates its liveness), and prints live_peak / xla_total per program and
+target, xla_total being XLA's own argument + output + temp - alias. live_peak is the text model
+(docs/figures.md): it does not read XLA's buffer assignment. Writes
+analyses/results/hlo_real_programs.{md,json}.
+
+The programs are builders `build(mesh, **options) -> (fn, args)` defined here; the worker
+imports this file by path to call them.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from functools import partial  # noqa: E402
-
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hloscope.hlo import parse_module  # noqa: E402
-from hloscope.trace import trace_module  # noqa: E402
+import sys
+import time
+from functools import partial
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, ".."))
 
 
-class _Block(nn.Module):
-    width: int
+# --- builders (run in the compile worker) ------------------------------------------------------
 
-    @nn.compact
-    def __call__(self, x, _):
-        h = nn.LayerNorm()(x)
-        h = nn.Dense(4 * self.width)(h)
-        h = nn.Dense(self.width)(nn.gelu(h))
-        return x + h, None
+def _abstract(tree):
+    import jax
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-class _Decoder(nn.Module):
-    width: int = 256
-    layers: int = 6
-
-    @nn.compact
-    def __call__(self, x):
-        block = nn.scan(nn.remat(_Block), variable_axes={"params": 0}, split_rngs={"params": True},
-                        length=self.layers)
-        x, _ = block(self.width)(x, None)
-        return jnp.mean(x ** 2)
+def _grad_builder(model, x):
+    """(grad of the model's mean output wrt its params, abstract params and input)."""
+    import jax
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.grad(lambda p, x: model.apply(p, x)), [params, x]
 
 
-class _ConvNet(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        for features in (32, 64, 128):
-            x = nn.relu(nn.Conv(features, (3, 3))(x))
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-        return jnp.mean(nn.Dense(10)(x.reshape(x.shape[0], -1)) ** 2)
+def build_linen_decoder(mesh):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    class Block(nn.Module):
+        width: int
+
+        @nn.compact
+        def __call__(self, x, _):
+            h = nn.LayerNorm()(x)
+            h = nn.Dense(4 * self.width)(h)
+            h = nn.Dense(self.width)(nn.gelu(h))
+            return x + h, None
+
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            block = nn.scan(nn.remat(Block), variable_axes={"params": 0}, split_rngs={"params": True}, length=6)
+            x, _ = block(256)(x, None)
+            return jnp.mean(x ** 2)
+
+    return _grad_builder(Decoder(), jax.ShapeDtypeStruct((8, 128, 256), jnp.float32))
 
 
-def _grad_step(model, x):
-    params = model.init(jax.random.PRNGKey(0), x)
-    return jax.jit(jax.grad(lambda p, x: model.apply(p, x))).lower(params, x)
+def build_conv_net(mesh):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    class ConvNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for features in (32, 64, 128):
+                x = nn.relu(nn.Conv(features, (3, 3))(x))
+                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            return jnp.mean(nn.Dense(10)(x.reshape(x.shape[0], -1)) ** 2)
+
+    return _grad_builder(ConvNet(), jax.ShapeDtypeStruct((16, 64, 64, 3), jnp.float32))
 
 
-def linen_decoder():
-    return _grad_step(_Decoder(), jnp.ones((8, 128, 256)))
+def build_resnet(mesh):
+    """A small ResNet (linen, batch norm in training mode, 3 stages of 2 residual blocks): one
+    SGD-with-momentum step updating params and batch statistics, state donated."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    class Residual(nn.Module):
+        features: int
+        strides: int
+
+        @nn.compact
+        def __call__(self, x):
+            y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), use_bias=False)(x)
+            y = nn.relu(nn.BatchNorm(use_running_average=False)(y))
+            y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+            y = nn.BatchNorm(use_running_average=False, scale_init=nn.initializers.zeros)(y)
+            if x.shape != y.shape:
+                x = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False)(x)
+                x = nn.BatchNorm(use_running_average=False)(x)
+            return nn.relu(x + y)
+
+    class ResNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.BatchNorm(use_running_average=False)(nn.Conv(32, (3, 3), use_bias=False)(x)))
+            for stage, features in enumerate((32, 64, 128)):
+                for block in range(2):
+                    x = Residual(features, 2 if stage and not block else 1)(x)
+            return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+
+    model, opt = ResNet(), optax.sgd(0.1, momentum=0.9)
+    images = jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((32,), jnp.int32)
+
+    def init(key):
+        variables = model.init(key, jnp.zeros(images.shape))
+        return {"variables": variables, "opt": opt.init(variables["params"])}
+
+    def step(state, x, y):
+        def loss(params):
+            logits, updates = model.apply({"params": params, "batch_stats": state["variables"]["batch_stats"]},
+                                          x, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+
+        grads, updates = jax.grad(loss, has_aux=True)(state["variables"]["params"])
+        changes, opt_state = opt.update(grads, state["opt"])
+        params = optax.apply_updates(state["variables"]["params"], changes)
+        return {"variables": {"params": params, "batch_stats": updates["batch_stats"]}, "opt": opt_state}
+
+    return jax.jit(step, donate_argnums=0), [jax.eval_shape(init, jax.random.key(0)), images, labels]
 
 
-def conv_net():
-    return _grad_step(_ConvNet(), jnp.ones((16, 64, 64, 3)))
+def build_lstm(mesh):
+    """A two-layer LSTM language model over 256 steps under lax.scan (flax's LSTMCell via
+    nn.scan), gradient of the next-token loss wrt the params."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    class LSTM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            x = nn.Embed(1024, 128)(tokens)
+            for _ in range(2):
+                cell = nn.scan(nn.OptimizedLSTMCell, variable_broadcast="params", split_rngs={"params": False},
+                               in_axes=1, out_axes=1)(256)
+                carry = cell.initialize_carry(jax.random.key(0), x[:, 0].shape[:-1] + (256,))
+                _, x = cell(carry, x)
+            return nn.Dense(1024)(x)
+
+    model = LSTM()
+    tokens = jax.ShapeDtypeStruct((16, 257), jnp.int32)
+
+    def loss(params, tokens):
+        logits = model.apply(params, tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((16, 256), jnp.int32)), jax.random.key(0))
+    return jax.grad(loss), [params, tokens]
 
 
-def shard_map_ring():
-    mesh = jax.make_mesh((4,), ("x",))
+def build_shard_map_ring(mesh):
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    n = mesh.shape["x"]
 
     @partial(jax.shard_map, mesh=mesh, in_specs=(P("x"), P("x")), out_specs=P("x"))
     def ring(q, kv):
         def body(i, carry):
             acc, kv = carry
             acc = acc + jnp.tanh(q @ kv.T) @ kv
-            return acc, jax.lax.ppermute(kv, "x", [(j, (j + 1) % 4) for j in range(4)])
-        return jax.lax.fori_loop(0, 4, body, (jnp.zeros_like(q), kv))[0]
+            return acc, jax.lax.ppermute(kv, "x", [(j, (j + 1) % n) for j in range(n)])
+        return jax.lax.fori_loop(0, n, body, (jnp.zeros_like(q), kv))[0]
 
-    sharded = NamedSharding(mesh, P("x"))
-    q = jax.device_put(jnp.ones((2048, 128)), sharded)
-    return jax.jit(jax.grad(lambda q, kv: ring(q, kv).sum())).lower(q, q)
+    q = jax.ShapeDtypeStruct((2048, 128), jnp.float32, sharding=NamedSharding(mesh, P("x")))
+    return jax.grad(lambda q, kv: ring(q, kv).sum()), [q, q]
 
 
-def optax_loop():
+def build_optax_loop(mesh):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
     opt = optax.adam(1e-3)
-    w = {"a": jnp.ones((512, 512)), "b": jnp.ones((512,))}
 
     def run(w, x):
         def step(_, carry):
@@ -107,46 +201,92 @@ def optax_loop():
             return optax.apply_updates(w, updates), state
         return jax.lax.fori_loop(0, 10, step, (w, opt.init(w)))[0]
 
-    return jax.jit(run).lower(w, jnp.ones((64, 512)))
+    w = {"a": jax.ShapeDtypeStruct((512, 512), jnp.float32), "b": jax.ShapeDtypeStruct((512,), jnp.float32)}
+    return run, [w, jax.ShapeDtypeStruct((64, 512), jnp.float32)]
 
 
-def donated_step():
+def build_donated_step(mesh):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
     opt = optax.adam(1e-3)
-    w = {"a": jnp.ones((1024, 1024))}
+    w = {"a": jax.ShapeDtypeStruct((1024, 1024), jnp.float32)}
 
     def step(w, state, x):
         g = jax.grad(lambda w: jnp.mean(jnp.tanh(x @ w["a"]) ** 2))(w)
         updates, state = opt.update(g, state)
         return optax.apply_updates(w, updates), state
 
-    return jax.jit(step, donate_argnums=(0, 1)).lower(w, opt.init(w), jnp.ones((64, 1024)))
+    return (jax.jit(step, donate_argnums=(0, 1)),
+            [w, jax.eval_shape(opt.init, w), jax.ShapeDtypeStruct((64, 1024), jnp.float32)])
 
 
-PROGRAMS = {"linen decoder (scan + remat), grad": linen_decoder, "conv net, grad": conv_net,
-            "shard_map ring (4 devices), grad": shard_map_ring, "optax adam fori_loop": optax_loop,
-            "donated optax step": donated_step}
+_SELF = os.path.abspath(__file__)
+# name -> (program for hloscope.profile, devices, mesh, options)
+PROGRAMS: dict[str, tuple[str, int, dict | None, dict]] = {
+    "linen decoder (scan + remat), grad": (f"{_SELF}:build_linen_decoder", 1, None, {}),
+    "conv net, grad": (f"{_SELF}:build_conv_net", 1, None, {}),
+    "ResNet (batch norm), SGD step": (f"{_SELF}:build_resnet", 1, None, {}),
+    "LSTM (2 layers, lax.scan over 256 steps), grad": (f"{_SELF}:build_lstm", 1, None, {}),
+    "shard_map ring (4 devices), grad": (f"{_SELF}:build_shard_map_ring", 4, {"x": 4}, {}),
+    "optax adam fori_loop": (f"{_SELF}:build_optax_loop", 1, None, {}),
+    "donated optax step": (f"{_SELF}:build_donated_step", 1, None, {}),
+    "sharded flax decoder (examples/flax_decoder.py, 2x2 mesh), AdamW step": (
+        os.path.join(_HERE, "..", "examples", "flax_decoder.py") + ":build", 4, {"data": 2, "model": 2},
+        {"batch": 4, "seq": 256, "d_model": 256, "heads": 4, "layers": 2, "vocab": 4096}),
+    "reftrain train step (tiny, seq 1024)": ("train-step", 1, None, {"model": "tiny", "seq": 1024, "q_chunk": 256}),
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser.add_argument("--targets", default="cpu,h100-80gb")
+    parser.add_argument("--only", default=None, help="run only programs whose name contains this")
+    args = parser.parse_args()
+    import jax
+
+    import hloscope
+
     rows = []
-    for name, build in PROGRAMS.items():
-        compiled = build().compile()
-        ma = compiled.memory_analysis()
-        xla_total = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-                     - ma.alias_size_in_bytes)
-        trace = trace_module(parse_module(compiled.as_text()))
-        rows.append({"program": name, "target": "cpu", "xla_total": xla_total, "live_peak": trace.live_peak,
-                     "ratio": trace.live_peak / xla_total, "alias_bytes": ma.alias_size_in_bytes})
-    print("| program | target | xla_total | live_peak | live_peak / xla_total | within 5% |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    for name, (program, devices, mesh, options) in PROGRAMS.items():
+        if args.only and args.only not in name:
+            continue
+        for target in args.targets.split(","):
+            started = time.perf_counter()
+            try:
+                report = hloscope.profile(program, target=target, devices=devices, mesh=mesh, **options)
+            except Exception as error:  # noqa: BLE001 - a failed program is a row, not the end of the table
+                rows.append({"program": name, "target": target, "devices": devices, "error": f"{type(error).__name__}: {error}"[:300]})
+                print(f"{name} / {target}: {rows[-1]['error']}", file=sys.stderr)
+                continue
+            figures = report.data["figures"]
+            xla_total, live_peak = figures["xla_total"], figures["live_peak"]
+            rows.append({"program": name, "target": target, "devices": devices, "xla_total": xla_total,
+                         "live_peak": live_peak, "ratio": live_peak / xla_total,
+                         "buffer_assignment_total": figures.get("buffer_assignment_total"),
+                         "peak_memory_in_bytes": figures.get("peak_memory_in_bytes"),
+                         "alias_bytes": (report.data.get("memory_analysis") or {}).get("alias_size_in_bytes"),
+                         "seconds": round(time.perf_counter() - started, 1)})
+            print(f"{name} / {target}: {rows[-1]['ratio']:.3f}", file=sys.stderr)
+    lines = ["| program | target | devices | xla_total | live_peak | live_peak / xla_total | within 5% |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        print(f"| {r['program']} | {r['target']} | {r['xla_total']:,} | {r['live_peak']:,} | {r['ratio']:.3f} | "
-              f"{'yes' if abs(r['ratio'] - 1) <= 0.05 else 'no'} |")
+        if "error" in r:
+            lines.append(f"| {r['program']} | {r['target']} | {r['devices']} | - | - | failed: {r['error'][:80]} | - |")
+            continue
+        lines.append(f"| {r['program']} | {r['target']} | {r['devices']} | {r['xla_total']:,} | {r['live_peak']:,} | "
+                     f"{r['ratio']:.3f} | {'yes' if abs(r['ratio'] - 1) <= 0.05 else 'no'} |")
+    table = "\n".join(lines)
+    print(table)
     os.makedirs(os.path.join(_HERE, "results"), exist_ok=True)
-    with open(os.path.join(_HERE, "results", "hlo_real_programs.json"), "w") as f:
+    suffix = "" if not args.only and args.targets == "cpu,h100-80gb" else "_partial"
+    with open(os.path.join(_HERE, "results", f"hlo_real_programs{suffix}.json"), "w") as f:
         json.dump({"jax": jax.__version__, "rows": rows}, f, indent=1)
+    with open(os.path.join(_HERE, "results", f"hlo_real_programs{suffix}.md"), "w") as f:
+        f.write(f"live_peak (hloscope's liveness simulation of the optimized HLO) against XLA's total "
+                f"(argument + output + temp - alias), jax {jax.__version__}; "
+                "`nice -n 10 python analyses/hlo_real_programs.py`\n\n" + table + "\n")
     return 0
 
 
