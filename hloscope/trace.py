@@ -347,6 +347,8 @@ class _LiveSim:
         for owner in outputs:
             end[owner] = len(insts)  # results live on: in the caller, or as program outputs
         donated = _donated_owners(module, root_value) if is_entry else frozenset()
+        if is_entry and donated and not _compiled_for_gpu(module):
+            donated = donated | _in_dead_arguments(module, insts, values, end, root_value, outputs)
         frees: dict[int, list[Owner]] = {}
         for owner, i in end.items():
             frees.setdefault(i, []).append(owner)
@@ -402,6 +404,62 @@ def _donated_owners(module: HloModule, root_value: "frozenset[Owner] | list[froz
         if len(part) == 1:
             owners |= part
     return frozenset(owners)
+
+
+def _compiled_for_gpu(module: HloModule) -> bool:
+    """Whether the optimized HLO is XLA:GPU's: it tags its ops with an ``operation_queue_id``
+    in their backend_config, which XLA:CPU does not write."""
+    for inst in module.computations[module.entry].instructions:
+        if "operation_queue_id" in inst.attributes.get("backend_config", ""):
+            return True
+    return False
+
+
+def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict[str, "Owners"],
+                       end: "dict[Owner, int]", root_value: "Owners", outputs: frozenset[Owner]) -> frozenset[Owner]:
+    """Entry values that XLA:CPU places in a donated argument's buffer while that buffer holds
+    nothing else: after the argument's last use and before the output aliased to it is written.
+
+    XLA's buffer assignment (before its heap simulation of the temporaries) offers every
+    buffer, largest first, to the allocations it already has; a donated argument's is one, of
+    the argument's size, holding one value at a time at offset 0. XLA:CPU's buffer-assignment
+    dumps show its temporaries there (a train step with donated optimizer state: 336 values);
+    XLA:GPU's show none, so this is not applied to GPU modules (_compiled_for_gpu)."""
+    position = {inst.name: i for i, inst in enumerate(insts)}
+    params = {inst.int_attribute("parameter_number", -1): inst for inst in insts if inst.opcode == "parameter"}
+    slots: list[tuple[int, list[tuple[int, int]]]] = []  # (bytes, busy [first, last] index ranges)
+    for alias in module.input_output_alias:
+        param = params.get(alias.parameter)
+        if param is None or alias.parameter_index or param.shape.is_tuple:
+            continue
+        if not alias.output:
+            part = _flat(root_value)
+        elif isinstance(root_value, list) and alias.output[0] < len(root_value):
+            part = root_value[alias.output[0]]
+        else:
+            continue
+        busy = [(0, end.get((param.name, -1), 0))]
+        for owner in part:  # the output written into it, from where it is made to the end
+            if owner[0] in position:
+                busy.append((position[owner[0]], len(insts)))
+        slots.append((output_bytes(param), busy))
+    candidates = []
+    for owner, last in end.items():
+        name, element = owner
+        inst = module.instruction(module.entry, name)
+        if inst.opcode == "parameter" or owner in outputs:
+            continue
+        size = output_bytes(inst) if element < 0 else inst.shape.elements[element].nbytes()
+        if size > 0:
+            candidates.append((-size, position[name], owner, last))
+    placed: set[Owner] = set()
+    for negative, first, owner, last in sorted(candidates):
+        for size, busy in slots:
+            if -negative <= size and all(last < a or first > b for a, b in busy):
+                busy.append((first, last))
+                placed.add(owner)
+                break
+    return frozenset(placed)
 
 
 def _donated_argument_bytes(module: HloModule) -> int:

@@ -230,3 +230,26 @@ def test_elementwise_result_reuses_a_dying_operand_but_not_into_an_output() -> N
     # output may be a caller's or a donated argument's buffer).
     assert trace.live_curve == [4096, 8192, 8192, 12288, 12288]
     assert trace.live_peak == 12288
+
+
+_DEAD_ARGUMENT = """HloModule m, is_scheduled=true{alias}
+
+ENTRY %main (p: f32[32,32]) -> f32[32,32] {{
+  %p = f32[32,32]{{1,0}} parameter(0)
+  %a = f32[32,32]{{1,0}} transpose(f32[32,32]{{1,0}} %p), dimensions={{1,0}}
+  %b = f32[32,32]{{1,0}} transpose(f32[32,32]{{1,0}} %a), dimensions={{1,0}}
+  %c = f32[32,32]{{1,0}} transpose(f32[32,32]{{1,0}} %b), dimensions={{1,0}}
+  ROOT %d = f32[32,32]{{1,0}} transpose(f32[32,32]{{1,0}} %c), dimensions={{1,0}}{config}
+}}
+"""
+
+
+@pytest.mark.parametrize("donated, gpu, expected", [
+    (False, False, 3 * 4096),  # p, then two transposes alive at once
+    (True, False, 2 * 4096),  # XLA:CPU puts b in p's buffer: p is dead, d not yet written
+    (True, True, 3 * 4096),  # XLA:GPU does not
+])
+def test_values_in_a_dead_donated_argument(donated, gpu, expected):
+    text = _DEAD_ARGUMENT.format(alias=", input_output_alias={ {}: (0, {}, may-alias) }" if donated else "",
+                                 config=', backend_config={"operation_queue_id":"0"}' if gpu else "")
+    assert trace_module(parse_module(text)).live_peak == expected
