@@ -193,6 +193,8 @@ class _LiveSim:
         self.snapshot_at: int | None = None
         self.snapshot: list[tuple[Instruction, int]] = []
         self._ancestor: dict[tuple[str, str], Instruction | None] = {}
+        # Buffers, per computation, that sit in a dead donated argument (_in_dead_arguments).
+        self.placed: dict[str, frozenset[Owner]] = {}
 
     def _ancestor_in(self, user: Instruction, comp: str) -> Instruction | None:
         """The op of `comp` whose region (transitively) holds `user` (MLIR captures)."""
@@ -266,6 +268,48 @@ class _LiveSim:
         users = [i for i in comp.instructions if params[0].name in i.operands]
         return bool(users) and all(u.opcode in ELEMENTWISE and u.shape.dims == params[0].shape.dims for u in users)
 
+    def _layout(self, comp: str, uses: "Uses") -> tuple[dict[str, "Owners"], "dict[Owner, int]", "Owners",
+                                                         frozenset[Owner]]:
+        """The buffers of `comp`'s values, the index of each buffer's last use, the root's
+        value and the buffers that are results (live to the end)."""
+        insts = self.module.computations[comp].instructions
+        values = self._values(comp)
+        end = self._ends(insts, values, uses, comp)
+        root_value = values[self.module.computations[comp].root().name]
+        shared = self._shareable(comp, values, end, _flat(root_value))
+        if shared:  # results written into a dying operand's buffer: values and ends again
+            values = self._values(comp, shared)
+            end = self._ends(insts, values, uses, comp)
+            root_value = values[self.module.computations[comp].root().name]
+        outputs = _flat(root_value)
+        for owner in outputs:
+            end[owner] = len(insts)  # results live on: in the caller, or as program outputs
+        return values, end, root_value, outputs
+
+    def _loop_bodies(self, insts: list[Instruction], uses: "Uses") -> list[tuple[int, str, list]]:
+        """(entry index, body, [(buffer, bytes)]) of each entry while loop: the buffers its body
+        makes that are not the body's results (those are the loop's own)."""
+        bodies = []
+        for i, inst in enumerate(insts):
+            body = inst.attributes.get("body", "").strip().lstrip("%") if inst.opcode == "while" else ""
+            if body not in self.module.computations:
+                continue
+            values, end, _, outputs = self._layout(body, uses)
+            where = {inst.name: k for k, inst in enumerate(self.module.computations[body].instructions)}
+            n = len(where) + 1
+            made = {}
+            for value in values.values():
+                for owner in _flat(value):
+                    made_by = self.module.instruction(body, owner[0])
+                    if owner in outputs or made_by.opcode == "parameter":
+                        continue
+                    size = output_bytes(made_by) if owner[1] < 0 else made_by.shape.elements[owner[1]].nbytes()
+                    # its lifetime in the body, inside the while's own entry step (see
+                    # _in_dead_arguments for the time scale)
+                    made[owner] = (size, i + 0.05 + 0.3 * where[owner[0]] / n, i + 0.05 + 0.3 * end[owner] / n)
+            bodies.append((i, body, [(owner, *times) for owner, times in made.items()]))
+        return bodies
+
     def _values(self, comp: str, shared: "dict[str, int] | None" = None) -> dict[str, "Owners"]:
         """Which buffers each value of `comp` is: a set of owners, or one set per tuple element.
 
@@ -335,20 +379,15 @@ class _LiveSim:
         insts = module.computations[comp].instructions
         is_entry = comp == module.entry
         by_name = {inst.name: inst for inst in insts}
-        values = self._values(comp)
-        end = self._ends(insts, values, uses, comp)
-        root_value = values[module.computations[comp].root().name]
-        shared = self._shareable(comp, values, end, _flat(root_value))
-        if shared:  # results written into a dying operand's buffer: values and ends again
-            values = self._values(comp, shared)
-            end = self._ends(insts, values, uses, comp)
-            root_value = values[module.computations[comp].root().name]
-        outputs = _flat(root_value)
-        for owner in outputs:
-            end[owner] = len(insts)  # results live on: in the caller, or as program outputs
-        donated = _donated_owners(module, root_value) if is_entry else frozenset()
-        if is_entry and donated and not _compiled_for_gpu(module):
-            donated = donated | _in_dead_arguments(module, insts, values, end, root_value, outputs)
+        values, end, root_value, outputs = self._layout(comp, uses)
+        if is_entry:
+            donated = _donated_owners(module, root_value)
+            if donated and not _compiled_for_gpu(module):
+                self.placed = _in_dead_arguments(module, insts, values, end, root_value, outputs,
+                                                 self._loop_bodies(insts, uses))
+                donated = donated | self.placed.get(comp, frozenset())
+        else:
+            donated = self.placed.get(comp, frozenset())
         frees: dict[int, list[Owner]] = {}
         for owner, i in end.items():
             frees.setdefault(i, []).append(owner)
@@ -416,7 +455,8 @@ def _compiled_for_gpu(module: HloModule) -> bool:
 
 
 def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict[str, "Owners"],
-                       end: "dict[Owner, int]", root_value: "Owners", outputs: frozenset[Owner]) -> frozenset[Owner]:
+                       end: "dict[Owner, int]", root_value: "Owners", outputs: frozenset[Owner],
+                       bodies: list[tuple[int, str, list]]) -> dict[str, frozenset[Owner]]:
     """Entry values that XLA:CPU places in a donated argument's buffer while that buffer holds
     nothing else: after the argument's last use and before the output aliased to it is written.
 
@@ -424,10 +464,17 @@ def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict
     buffer, largest first, to the allocations it already has; a donated argument's is one, of
     the argument's size, holding one value at a time at offset 0. XLA:CPU's buffer-assignment
     dumps show its temporaries there (a train step with donated optimizer state: 336 values);
-    XLA:GPU's show none, so this is not applied to GPU modules (_compiled_for_gpu)."""
+    XLA:GPU's show none, so this is not applied to GPU modules (_compiled_for_gpu).
+
+    Time runs over entry indices: an entry value made at i and last used at j holds its slot
+    over [i, j + 0.4]; the donated argument over [0, its last use + 0.4]; the aliased output
+    from its index + 0.5 (so it can be made from a value dying there, in place); a buffer of an
+    entry while loop's body (the while at w) over its body lifetime scaled into (w, w + 0.4),
+    so body buffers of disjoint lifetimes share a slot but none overlaps the entry values live
+    across the loop. Returns {computation: buffers placed}."""
     position = {inst.name: i for i, inst in enumerate(insts)}
     params = {inst.int_attribute("parameter_number", -1): inst for inst in insts if inst.opcode == "parameter"}
-    slots: list[tuple[int, list[tuple[int, int]]]] = []  # (bytes, busy [first, last] index ranges)
+    slots: list[tuple[int, list[tuple[float, float]]]] = []  # (bytes, busy [first, last] time ranges)
     for alias in module.input_output_alias:
         param = params.get(alias.parameter)
         if param is None or alias.parameter_index or param.shape.is_tuple:
@@ -438,10 +485,10 @@ def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict
             part = root_value[alias.output[0]]
         else:
             continue
-        busy = [(0, end.get((param.name, -1), 0))]
-        for owner in part:  # the output written into it, from where it is made to the end
-            if owner[0] in position:
-                busy.append((position[owner[0]], len(insts)))
+        busy = [(0, end.get((param.name, -1), 0) + 0.4)]
+        for owner in part:  # the output written into it, from where it is made to the end; it
+            if owner[0] in position:  # may be made from a value dying there, in place (+0.5)
+                busy.append((position[owner[0]] + 0.5, len(insts)))
         slots.append((output_bytes(param), busy))
     candidates = []
     for owner, last in end.items():
@@ -451,15 +498,17 @@ def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict
             continue
         size = output_bytes(inst) if element < 0 else inst.shape.elements[element].nbytes()
         if size > 0:
-            candidates.append((-size, position[name], owner, last))
-    placed: set[Owner] = set()
-    for negative, first, owner, last in sorted(candidates):
+            candidates.append((-size, position[name], module.entry, owner, last + 0.4))
+    for _, body, made in bodies:
+        candidates += [(-size, first, body, owner, last) for owner, size, first, last in made if size > 0]
+    placed: dict[str, set[Owner]] = {}
+    for negative, first, comp, owner, last in sorted(candidates):
         for size, busy in slots:
             if -negative <= size and all(last < a or first > b for a, b in busy):
                 busy.append((first, last))
-                placed.add(owner)
+                placed.setdefault(comp, set()).add(owner)
                 break
-    return frozenset(placed)
+    return {comp: frozenset(owners) for comp, owners in placed.items()}
 
 
 def _donated_argument_bytes(module: HloModule) -> int:
