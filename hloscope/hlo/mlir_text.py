@@ -19,7 +19,7 @@ from hloscope.hlo.mlir_ops import (OpSyntax, generic_tail, parse_args, parse_att
                                    set_signature, split_loc)
 from hloscope.hlo.mlir_scope import EMPTY, Frame, OpenOp, Scope, fill_applies_body, region_label
 from hloscope.hlo.model import Alias, Computation, HloModule, Instruction, NodeKey, Shape
-from hloscope.hlo.scan import find_close, split_top, strip_strings, unquote
+from hloscope.hlo.scan import blank_strings, find_close, split_top, strip_strings, unquote
 from hloscope.hlo.sharding import mlir_global_reason
 from hloscope.hlo.shapes import parse_mlir_type
 
@@ -71,6 +71,33 @@ _BLANKED = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 _STATEMENT_START = re.compile(r'[%"}^#]|//|(?:func|return|module)\b|[A-Za-z_][\w$]*\.[\w$.]+(?:[\s(]|$)')
 # 'key = value' of an attribute dictionary whose '{' ended the line before.
 _ATTR_ENTRY = re.compile(r'(?:[A-Za-z_][\w$.\-]*|"[^"]*")\s*=')
+
+
+# Where a second statement may start on a line: a result definition '%x =' / '%x:2 =' / '%a, %b
+# =' or a terminator, after white space (_second_statement checks it is outside brackets).
+_NEXT_STATEMENT = re.compile(r"\s(?=%[\w$.\-]+(?::\d+)?(?:\s*,\s*%[\w$.\-]+(?::\d+)?)*\s*=[^=]"
+                             r"|(?:func\.return|return|stablehlo\.return|mhlo\.return)\b)")
+
+
+def _second_statement(t: str) -> int:
+    """Index in ``t`` where a second statement starts, outside brackets and strings (MLIR is
+    not line-based: XLA's own tests write '%0 = stablehlo.add ..  func.return %0 : ..'); 0
+    when there is none."""
+    if t.count("=") < 2 and "return" not in t[1:]:
+        return 0
+    try:
+        blank = blank_strings(t)
+    except ScanError:
+        return 0  # an unterminated string: the statement's own reading reports it
+    for m in _NEXT_STATEMENT.finditer(blank, 1):
+        head = blank[:m.start()].rstrip()
+        if not head or head.endswith(","):  # '%a, %b = ...': one statement's results
+            continue
+        arrows = head.count("->")
+        if (head.count("(") == head.count(")") and head.count("[") == head.count("]")
+                and head.count("{") == head.count("}") and head.count("<") == head.count(">") - arrows):
+            return m.start() + 1
+    return 0
 
 
 class _Joiner:
@@ -154,17 +181,26 @@ class _MlirParser:
         lines = self.lines
         n = len(lines)
         i = 0
-        while i < n:
-            t = lines[i].strip()
-            start = i
-            i += 1
-            if not t or t.startswith("//"):
-                continue
-            if "//" in t:  # a trailing comment ('^bb0(..): // no predecessors')
-                t = _uncomment(t)
-            if t.endswith("( {"):  # older MLIR printed a generic op's regions as '( {'
-                t = t[:-3].rstrip() + "({"
+        rest: str | None = None  # a second statement on the line just read
+        while i < n or rest is not None:
+            if rest is not None:
+                t, rest = rest, None
+            else:
+                t = lines[i].strip()
+                start = i
+                i += 1
+                if not t or t.startswith("//"):
+                    continue
+                if "//" in t:  # a trailing comment ('^bb0(..): // no predecessors')
+                    t = _uncomment(t)
+                if t.endswith("( {"):  # older MLIR printed a generic op's regions as '( {'
+                    t = t[:-3].rstrip() + "({"
             try:
+                cut = _second_statement(t)
+                if cut > 0:  # '%0 = stablehlo.add %a, %b : tensor<4xf32>  func.return %0 : ..'
+                    t, rest = t[:cut].rstrip(), t[cut:].strip()
+                    self._line(t, start + 1)
+                    continue
                 if self.by_line and t.startswith("%") and self._simple_op(t, i, start + 1):
                     continue
                 # One statement may span several lines (see _Joiner).

@@ -245,3 +245,20 @@ def test_call_chain_at_the_limit_is_walked_whole():
     # 64 nested calls are accepted and walked to the bottom: the negate at depth 64 is seen.
     module = parse_module(_deep_calls(64))
     assert trace_module(module).schedule[-1].opcode == "negate"
+
+
+@pytest.mark.parametrize("line, ops", [
+    # XLA's own stablehlo -> hlo test writes an op and the return on one line
+    ("%0 = stablehlo.add %arg0, %arg1 : tensor<4xf32>  func.return %0 : tensor<4xf32>", ["add", "return"]),
+    ("%0 = stablehlo.add %arg0, %arg1 : tensor<4xf32> %1 = stablehlo.multiply %0, %0 : tensor<4xf32> "
+     "return %1 : tensor<4xf32>", ["add", "multiply", "return"]),
+    # one statement: several results, a '%x = ' inside brackets, a string holding one
+    ("%a, %b = \"test.pair\"(%arg0) {note = \"%x = y\"} : (tensor<4xf32>) -> (tensor<4xf32>, tensor<4xf32>) "
+     "return %b : tensor<4xf32>", ["pair", "return"]),
+])
+def test_several_mlir_statements_on_one_line(line, ops):
+    text = ("func.func @main(%arg0: tensor<4xf32>, %arg1: tensor<4xf32>) -> tensor<4xf32> {\n  "
+            + line + "\n}\n")
+    module = parse_module(text)
+    assert [i.opcode for i in module.instructions() if i.opcode != "parameter"] == ops
+    assert trace_module(module).live_peak > 0
