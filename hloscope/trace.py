@@ -544,6 +544,10 @@ def _last_uses(module: HloModule, sim: _LiveSim) -> Uses:
                         continue
                     at = positions[op.computation][holder.name]
                 result = user.operand_results[k] if k < len(user.operand_results) else None
+                if result is None and user.opcode == "get-tuple-element" and op.shape.is_tuple:
+                    # reads one element: the others (a cuBLAS call's workspace) may die before it
+                    at_index = user.int_attribute("index", -1)
+                    result = at_index if 0 <= at_index < len(op.shape.elements) else None
                 slot = uses.setdefault((op.computation, op.name), {})
                 slot[result] = max(slot.get(result, -1), at)
     return uses

@@ -253,3 +253,20 @@ def test_values_in_a_dead_donated_argument(donated, gpu, expected):
     text = _DEAD_ARGUMENT.format(alias=", input_output_alias={ {}: (0, {}, may-alias) }" if donated else "",
                                  config=', backend_config={"operation_queue_id":"0"}' if gpu else "")
     assert trace_module(parse_module(text)).live_peak == expected
+
+
+def test_get_tuple_element_keeps_only_its_element_alive():
+    """A cuBLAS-like call's (output, workspace): the workspace, never read, dies at once even
+    though the output's get-tuple-element comes later (XLA:GPU shares such workspaces)."""
+    text = """HloModule m, is_scheduled=true
+
+ENTRY %main (p: f32[256]) -> (f32[256], f32[2048]) {
+  %p = f32[256]{0} parameter(0)
+  %cc = (f32[256]{0}, s8[4096]{0}) custom-call(f32[256]{0} %p), custom_call_target="foo"
+  %c = f32[] constant(0)
+  %big = f32[2048]{0} broadcast(f32[] %c), dimensions={}
+  %g = f32[256]{0} get-tuple-element((f32[256]{0}, s8[4096]{0}) %cc), index=0
+  ROOT %t = (f32[256]{0}, f32[2048]{0}) tuple(f32[256]{0} %g, f32[2048]{0} %big)
+}
+"""
+    assert trace_module(parse_module(text)).live_peak == 1024 + 1024 + 8192
