@@ -104,16 +104,22 @@ def main() -> int:
                 f.write(make(args.instructions))
             row = {"text": kind, "megabytes": os.path.getsize(path) / 1e6, **measure(path)}
             rows.append(row)
-    print("| text | instructions | MB | parse s (cpu) | trace s | peak RSS MB (parse / all) | target |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    # The target is judged on CPU seconds: wall time on the shared machine depends on the load.
+    lines = ["| text | instructions | MB | parse s CPU (wall) | trace s CPU | peak RSS MB (parse / all) | target |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        ok = r["parse_s"] <= 5 and r["peak_rss_parse_mb"] <= 1024
-        print(f"| {r['text']} | {r['instructions']:,} | {r['megabytes']:.1f} | {r['parse_s']:.2f} "
-              f"({r['parse_cpu_s']:.2f}) | {r['trace_s']:.2f} | {r['peak_rss_parse_mb']:.0f} / "
-              f"{r['peak_rss_mb']:.0f} | {'met' if ok else 'missed'} (5 s, 1 GB) |")
+        ok = r["parse_cpu_s"] <= 5 and r["peak_rss_parse_mb"] <= 1024
+        lines.append(f"| {r['text']} | {r['instructions']:,} | {r['megabytes']:.1f} | {r['parse_cpu_s']:.2f} "
+                     f"({r['parse_s']:.2f}) | {r['trace_cpu_s']:.2f} | {r['peak_rss_parse_mb']:.0f} / "
+                     f"{r['peak_rss_mb']:.0f} | {'met' if ok else 'missed'} (5 s CPU, 1 GB) |")
+    print("\n".join(lines))
+    load = os.getloadavg()
     os.makedirs(os.path.join(_HERE, "results"), exist_ok=True)
     with open(os.path.join(_HERE, "results", "bench_hlo_parse.json"), "w") as f:
-        json.dump({"rows": rows, "loadavg": os.getloadavg(), "cpus": os.cpu_count()}, f, indent=1)
+        json.dump({"rows": rows, "loadavg": load, "cpus": os.cpu_count()}, f, indent=1)
+    with open(os.path.join(_HERE, "results", "bench_hlo_parse.md"), "w") as f:
+        f.write(f"`nice -n 10 python analyses/bench_hlo_parse.py` ({os.cpu_count()} CPUs, load average "
+                f"{load[0]:.1f} at the end; each text parsed in a fresh process)\n\n" + "\n".join(lines) + "\n")
     return 0
 
 
