@@ -4,15 +4,18 @@ on a 1,000-instruction HLO file (the target: under 1 s each on 2 cores), and wha
     python analyses/bench_startup.py [--repeats 5]
 
 Each command runs as a fresh process (`python -m hloscope ...`), as a user's shell runs it;
-the table gives the median and the slowest of the repeats, and whether jax, reftrain, flax or
-optax was imported. Writes analyses/results/bench_startup.{json,md}.
+the table gives the median and the slowest wall time of the repeats, the median CPU time (which
+other work on the machine inflates far less than wall time; the load average says how busy it
+was), and whether jax, reftrain, flax or optax was imported. Writes analyses/results/bench_startup.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,21 +40,28 @@ def hlo_module(instructions: int) -> str:
     return "\n".join(lines + ["}", ""])
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(args: list[str], repeats: int) -> dict:
     probe = ("import runpy, sys, atexit\n"
              f"atexit.register(lambda: print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}), file=sys.stderr))\n"
              f"sys.argv = ['hloscope', *{args!r}]\n"
              "runpy.run_module('hloscope', run_name='__main__')")
-    seconds, loaded = [], None
+    seconds, cpu_seconds, loaded = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu()
         result = subprocess.run([sys.executable, "-m", "hloscope", *args], capture_output=True, text=True)
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(_children_cpu() - cpu_start)
         if result.returncode != 0:
             raise SystemExit(f"hloscope {' '.join(args)} failed: {result.stderr.strip()}")
     probed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     loaded = [line for line in probed.stderr.splitlines() if line.startswith("LOADED")]
     return {"command": "hloscope " + " ".join(args), "median_s": statistics.median(seconds), "max_s": max(seconds),
+            "median_cpu_s": statistics.median(cpu_seconds), "load_average_1min": os.getloadavg()[0],
             "repeats": repeats, "heavy_modules_loaded": eval(loaded[-1][len("LOADED "):]) if loaded else None}
 
 
@@ -65,10 +75,12 @@ def main() -> None:
         small.write_text(hlo_module(1000))
         rows = [timed(["--help"], args.repeats), timed(["profile", "--hlo", str(small)], args.repeats)]
     rows[1]["command"] = "hloscope profile --hlo small.hlo (1,000 instructions)"
-    header = "| command | median | slowest | jax/reftrain/flax/optax loaded |\n| --- | --- | --- | --- |"
+    header = ("| command | median wall | slowest wall | median CPU | load average | jax/reftrain/flax/optax loaded |\n"
+              "| --- | --- | --- | --- | --- | --- |")
     table = "\n".join([header] + [f"| `{r['command']}` | {r['median_s']:.2f} s | {r['max_s']:.2f} s | "
+                                  f"{r['median_cpu_s']:.2f} s | {r['load_average_1min']:.1f} | "
                                   f"{', '.join(r['heavy_modules_loaded']) or 'none'} |" for r in rows])
-    machine = f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, {__import__('os').cpu_count()} cores"
+    machine = f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores"
     print(table)
     print(f"({machine}; target: under 1 s each)")
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
-
-import networkx
+from typing import TYPE_CHECKING, Callable
 
 from hloscope.hlo.errors import ParseError
 from hloscope.hlo.model import MAX_CALL_DEPTH, Computation, HloModule, Instruction, NodeKey, WhileLoop
 from hloscope.hlo.trip_count import infer_trip_count, known_trip_count
+
+if TYPE_CHECKING:
+    import networkx
 
 
 def build_module(
@@ -75,9 +76,11 @@ def build_module(
     return module
 
 
-def build_graph(module: HloModule) -> networkx.DiGraph:
+def build_graph(module: HloModule) -> "networkx.DiGraph":
     """The module's networkx graph (HloModule.graph builds it on first use: a large module's
     analyses do not need it, and it costs a fifth of a parse)."""
+    import networkx  # imported when a graph is built: it costs a third of `--hlo`'s start-up
+
     graph = networkx.DiGraph()
     graph.add_nodes_from((key, {"instruction": inst}) for key, inst in module._index.items())
     graph.add_edges_from(((src, dst) for dst, srcs in module._operand_keys.items() for src in srcs), kind="data")
@@ -152,6 +155,8 @@ def _check_operand_cycles(computations: list[Computation], operand_keys: dict[No
                     break
         if not forward:
             continue
+        import networkx  # only for a computation with a forward reference
+
         graph = networkx.DiGraph()
         graph.add_nodes_from(where)
         graph.add_edges_from((name, inst.name) for inst in comp.instructions

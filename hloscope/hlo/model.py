@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import networkx
+if TYPE_CHECKING:
+    import networkx
+
 
 # Bits per element. Sub-byte types are counted packed (XLA packs s4/u4 on TPU and GPU); pred is
 # a whole byte, as XLA stores it. token/opaque carry no data.
@@ -200,7 +202,7 @@ class HloModule:
     _nests: dict[str, list[WhileLoop]] = field(default_factory=dict, repr=False)
 
     @property
-    def graph(self) -> networkx.DiGraph:
+    def graph(self) -> "networkx.DiGraph":
         """The dataflow and call graph (built on first use)."""
         if self._graph is None:
             from hloscope.hlo.build import build_graph  # build imports this module
