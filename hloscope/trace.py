@@ -474,7 +474,8 @@ def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict
     across the loop. Returns {computation: buffers placed}."""
     position = {inst.name: i for i, inst in enumerate(insts)}
     params = {inst.int_attribute("parameter_number", -1): inst for inst in insts if inst.opcode == "parameter"}
-    slots: list[tuple[int, list[tuple[float, float]]]] = []  # (bytes, busy [first, last] time ranges)
+    # (bytes, free after, free before, [first, last] times of the values placed in it)
+    slots: list[tuple[int, float, float, list[tuple[float, float]]]] = []
     for alias in module.input_output_alias:
         param = params.get(alias.parameter)
         if param is None or alias.parameter_index or param.shape.is_tuple:
@@ -485,11 +486,11 @@ def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict
             part = root_value[alias.output[0]]
         else:
             continue
-        busy = [(0, end.get((param.name, -1), 0) + 0.4)]
-        for owner in part:  # the output written into it, from where it is made to the end; it
-            if owner[0] in position:  # may be made from a value dying there, in place (+0.5)
-                busy.append((position[owner[0]] + 0.5, len(insts)))
-        slots.append((output_bytes(param), busy))
+        free_from = end.get((param.name, -1), 0) + 0.4
+        free_until = min((position[owner[0]] + 0.5 for owner in part if owner[0] in position), default=len(insts))
+        # The output written into it, from where it is made to the end, may be made from a
+        # value dying there, in place (hence + 0.5). Values placed later go to busy.
+        slots.append((output_bytes(param), free_from, free_until, []))
     candidates = []
     for owner, last in end.items():
         name, element = owner
@@ -503,8 +504,9 @@ def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict
         candidates += [(-size, first, body, owner, last) for owner, size, first, last in made if size > 0]
     placed: dict[str, set[Owner]] = {}
     for negative, first, comp, owner, last in sorted(candidates):
-        for size, busy in slots:
-            if -negative <= size and all(last < a or first > b for a, b in busy):
+        for size, free_from, free_until, busy in slots:
+            if -negative <= size and free_from < first and last < free_until \
+                    and all(last < a or first > b for a, b in busy):
                 busy.append((first, last))
                 placed.setdefault(comp, set()).add(owner)
                 break
