@@ -434,15 +434,19 @@ def _donated_owners(module: HloModule, root_value: "frozenset[Owner] | list[froz
     tuple) is left as it is."""
     owners: set[Owner] = set()
     for alias in module.input_output_alias:
-        if not alias.output:
-            part = _flat(root_value)
-        elif isinstance(root_value, list) and alias.output[0] < len(root_value):
-            part = root_value[alias.output[0]]
-        else:
-            continue
-        if len(part) == 1:
+        part = _aliased_part(alias, root_value)
+        if part is not None and len(part) == 1:
             owners |= part
     return frozenset(owners)
+
+
+def _aliased_part(alias, root_value: "frozenset[Owner] | list[frozenset[Owner]]") -> frozenset[Owner] | None:
+    """The buffers of the entry output that `alias` names (None if the root has no such element)."""
+    if not alias.output:
+        return _flat(root_value)
+    if isinstance(root_value, list) and alias.output[0] < len(root_value):
+        return root_value[alias.output[0]]
+    return None
 
 
 def _compiled_for_gpu(module: HloModule) -> bool:
@@ -478,13 +482,8 @@ def _in_dead_arguments(module: HloModule, insts: list[Instruction], values: dict
     slots: list[tuple[int, float, float, list[tuple[float, float]]]] = []
     for alias in module.input_output_alias:
         param = params.get(alias.parameter)
-        if param is None or alias.parameter_index or param.shape.is_tuple:
-            continue
-        if not alias.output:
-            part = _flat(root_value)
-        elif isinstance(root_value, list) and alias.output[0] < len(root_value):
-            part = root_value[alias.output[0]]
-        else:
+        part = _aliased_part(alias, root_value)
+        if param is None or alias.parameter_index or param.shape.is_tuple or part is None:
             continue
         free_from = end.get((param.name, -1), 0) + 0.4
         free_until = min((position[owner[0]] + 0.5 for owner in part if owner[0] in position), default=len(insts))
