@@ -19,6 +19,7 @@ from typing import Any
 
 from hloscope.errors import UserError
 from hloscope.targets import TARGETS, MissingGpuAotError, UnknownTargetError, check_gpu_aot, get_target
+from hloscope.units import human_bytes, parse_size
 
 # The built-in programs' options that have flags of their own; any program receives those given.
 _OPTION_FLAGS = {
@@ -73,8 +74,6 @@ def parse_mesh(text: str | None) -> dict[str, int] | None:
 
 
 def _budget(text: str | None) -> int | None:
-    from hloscope.units import parse_size
-
     if text is None:
         return None
     try:
@@ -155,8 +154,6 @@ def _profile(args: argparse.Namespace) -> int:
 
     name, size = Profile(profile).figure
     fits = size <= budget
-    from hloscope.units import human_bytes
-
     print(f"{'fits' if fits else 'DOES NOT FIT'}: {name} {human_bytes(size)} per device, budget {human_bytes(budget)}")
     return 0 if fits or args.command == "profile" else 1
 
