@@ -25,11 +25,12 @@ def _key(module) -> tuple:
                                                    for w in module.while_loops()])
 
 
-def _both(text: str) -> tuple[object, object]:
+def _both(text: str, parser=_HloParser) -> tuple[object, object]:
+    """The module (or error) `parser` gives through its line path and through its general path."""
     out = []
     for by_line in (True, False):
         try:
-            out.append(_key(_HloParser(text, by_line).parse()))
+            out.append(_key(parser(text, by_line).parse()))
         except ParseError as e:
             out.append(("ParseError", str(e)))
     return out[0], out[1]
@@ -89,13 +90,7 @@ def test_generated_lines_parse_the_same_both_ways(root, name, shape, opcode, ope
 
 
 def _both_mlir(text: str) -> tuple[object, object]:
-    out = []
-    for by_line in (True, False):
-        try:
-            out.append(_key(_MlirParser(text, by_line).parse()))
-        except ParseError as e:
-            out.append(("ParseError", str(e)))
-    return out[0], out[1]
+    return _both(text, _MlirParser)
 
 
 @pytest.mark.parametrize("program", ["fori", "nested", "branchy"])
