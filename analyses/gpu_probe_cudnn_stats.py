@@ -13,7 +13,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reftrain.attention._kernels import get_kernel  # noqa: E402
+from reftrain.attention import AttentionSpec, shard_kernel  # noqa: E402
 
 docs = [300, 500, 224]
 T, H, D, M = sum(docs), 2, 128, 4
@@ -22,8 +22,8 @@ q = jax.random.normal(keys[0], (1, T, H, D), jnp.bfloat16)
 k = jax.random.normal(keys[1], (1, T, H, D), jnp.bfloat16)
 v = jax.random.normal(keys[2], (1, T, H, D), jnp.bfloat16)
 ids = jnp.asarray(np.repeat(np.arange(1, len(docs) + 1), docs)[None], jnp.int32)
-_, stats = get_kernel("cudnn", 128, 128, M).forward(q, k, v, True, D ** -0.5, ids)
-_, lse = get_kernel("xla", 128, 128).forward(q, k, v, True, D ** -0.5, ids)
+_, stats = shard_kernel(AttentionSpec(kernel="cudnn", max_documents=M)).forward(q, k, v, True, D ** -0.5, ids)
+_, lse = shard_kernel(AttentionSpec(128, 128, kernel="xla")).forward(q, k, v, True, D ** -0.5, ids)
 stats, lse = np.asarray(stats), np.asarray(lse)[0]  # lse [T, H]
 print("stats shape", stats.shape, "finite", np.isfinite(stats).sum(), "nonzero", (stats != 0).sum())
 starts = np.concatenate([[0], np.cumsum(docs)[:-1]])

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from reftrain.attention._kernels import get_kernel  # noqa: E402
+from reftrain.attention import AttentionSpec, shard_kernel  # noqa: E402
 
 _CALL = re.compile(r"custom-call\(.*custom_call_target=\"(__cudnn\$fmha[^\"]*)\"")
 _WORKSPACE = re.compile(r"u8\[(\d+)\]")
@@ -25,7 +25,7 @@ _WORKSPACE = re.compile(r"u8\[(\d+)\]")
 
 def workspaces(batch, length, q_heads, kv_heads, dim, documents, causal):
     """[(target, workspace bytes)] of the forward and backward cuDNN calls of one shard pair."""
-    kernel = get_kernel("cudnn", 128, 128, max(documents, 1))
+    kernel = shard_kernel(AttentionSpec(kernel="cudnn", max_documents=max(documents, 1)))
     ids = jnp.ones((batch, length), jnp.int32) if documents else None
 
     def loss(q, k, v):

@@ -17,6 +17,12 @@ fitted to what XLA gave on an H100 (jax 0.11.2, cuDNN 9) for 40 shapes
   (2 if GQA else 1) * S * T * Hq * D * 4 + S * T * Hq * 4 + 256 * (S + 30) bytes, where
   S = batch * max_documents in packed mode (each document a padded sequence of the full
   length T): this is why packed memory grows with max_documents.
+
+reftrain's cuDNN kernel (`reftrain/attention/_cudnn.py`) calls it with S = batch * max_documents
+for a shard with itself (a shard with more documents runs more calls of that same shape, in
+turn), S = batch * 2 for an earlier shard's shared document, and T = document_block when a
+shard with itself runs in blocks: the model needs nothing per case, it reads S and T from the
+call's statistics.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from reftrain.fields import check_field_types
 REMAT_POLICIES = ("full", "save_dots", "none")
 # Built in; `reftrain.layers.register_attention` adds others (hloscope's paper reproduction).
 ATTENTION_IMPLS = ("auto", "dense", "blockwise")
-ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # reftrain.attention._kernels.KERNELS
-SEQUENCE_LAYOUTS = ("contiguous", "zigzag")  # reftrain.attention._fused.LAYOUTS
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # reftrain.attention.KERNELS
+SEQUENCE_LAYOUTS = ("contiguous", "zigzag")  # reftrain.attention.LAYOUTS
 DTYPES = ("float32", "bfloat16")
 
 

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from reftrain.attention import blockwise_attention, dense_attention, ring_attention
-from reftrain.attention._kernels import resolve_kernel
+from reftrain.attention import blockwise_attention, dense_attention, resolve_kernel, ring_attention
 from reftrain.config import ATTENTION_IMPLS, ModelConfig
 from reftrain.rope import apply_rope
 from reftrain.sharding import activation_spec, heads_spec

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hloscope.programs.attention_shape import AttentionShape
-from reftrain.attention import ring_attention
-from reftrain.attention._kernels import resolve_kernel
+from reftrain.attention import resolve_kernel, ring_attention
 
 
 def sequence_sharded_inputs(mesh: Mesh, shape: AttentionShape, kv_heads: int) -> list[jax.ShapeDtypeStruct]:

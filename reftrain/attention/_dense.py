@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reftrain.attention._masks import attention_mask, check_shapes, default_segment_ids
+from reftrain.attention._spec import attention_mask, check_shapes
 
 
 def dense_attention(
@@ -27,20 +27,16 @@ def dense_attention(
     Scores and softmax are float32. Rows that attend to nothing (padding) output 0.
     """
     check_shapes(q, k, v, segment_ids)
-    segment_ids = default_segment_ids(q, segment_ids)
     batch, length, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
-    groups = q_heads // kv_heads
+    ids = jnp.ones((batch, length), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     positions = jnp.arange(length, dtype=jnp.int32)
-    mask = attention_mask(segment_ids, segment_ids, positions, positions, causal)
+    mask = attention_mask(ids, ids, positions, positions, causal)[:, None, None]
 
     # Group query heads by the kv head they share instead of repeating k and v.
-    q_grouped = q.reshape(batch, length, kv_heads, groups, head_dim)
+    q_grouped = q.reshape(batch, length, kv_heads, q_heads // kv_heads, head_dim)
     scores = jnp.einsum("bqhgd,bkhd->bhgqk", q_grouped, k, preferred_element_type=jnp.float32)
-    scores = scores * (head_dim**-0.5)
-    mask = mask[:, None, None]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1)
-    weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
+    scores = jnp.where(mask, scores * head_dim**-0.5, jnp.finfo(jnp.float32).min)
+    weights = jnp.where(mask.any(axis=-1, keepdims=True), jax.nn.softmax(scores, axis=-1), 0.0)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v.astype(jnp.float32))
     return out.reshape(batch, length, q_heads, head_dim).astype(q.dtype)

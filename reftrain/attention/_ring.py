@@ -1,207 +1,167 @@
-"""Blockwise and ring attention with a custom VJP.
+"""The one ring driver: every kernel, both layouts, one custom VJP. Blockwise is a ring of one.
 
-Ring attention keeps each device's Q shard in place and rotates K, V and their segment ids
-around the mesh axis with `ppermute`, so no device ever holds full-length segment ids. The
-backward pass rotates dK and dV along with K and V and brings them home after a full turn.
-Residuals are the local shards and the float32 log-sum-exp: nothing is stacked per ring step
-or per chunk (autodiff through the loops would stack one residual per iteration; see
-docs/attention.md). Blockwise attention is the same computation on a ring of one device.
+Each device keeps its Q shard and rotates K, V and their segment ids around `axis_name` with
+`ppermute` (never full-length ids: under autodiff they became the 32 GiB residual of the
+MegaBeam paper's Appendix A). Every visible (Q shard, KV shard) pair is one kernel call whose
+(out, lse) is merged in float32, so a fused kernel runs at full size. Layouts:
+
+* contiguous: device r holds tokens [r*L, (r+1)*L). At step s it holds device (r - s) mod N's
+  KV, visible (in full) only when s <= r: device N-1 works every step, device 0 only at step 0.
+* zigzag: the sequence is cut into 2N chunks of L/2 and device r holds chunks r and 2N-1-r.
+  At step s >= 1 with source j, device r attends all its queries to j's first chunk when
+  j < r, or its second chunk's queries to all of j's keys when j > r: the same (L x L/2) work
+  on every device at every step (Brandon et al. 2023, striped/zig-zag attention).
+
+Without the causal mask every pair is visible and the layout does not matter. Visibility that
+depends on the device index is a loop of 0 or 1 trips (`_spec.when`), never `lax.cond`.
+
+The custom VJP saves only the local q, k, v, ids, output and float32 lse; the backward
+recomputes each pair from the final statistics (FlashAttention-2), and dK, dV travel with
+their KV shard, home after a full turn. Autodiff through the loops would save every loop
+carry per step (docs/attention.md).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Hashable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
-from reftrain.attention._chunked import Chunking, Grads, shard_backward, shard_forward
-from reftrain.attention._fused import LAYOUTS, FusedSpec, fused_ring_attention
-from reftrain.attention._kernels import resolve_kernel
-from reftrain.attention._masks import check_chunks, check_shapes, default_segment_ids
+from reftrain.attention._cudnn import cudnn_kernel
+from reftrain.attention._spec import AttentionSpec, Kernel, empty_backward, empty_forward, when
+from reftrain.attention._xla import xla_kernel
+
+_KERNELS = {"xla": xla_kernel, "cudnn": cudnn_kernel}
 
 
-class _Ring(NamedTuple):
-    """Static configuration: how blocks are cut and which mesh axis (None: no ring)."""
-
-    chunking: Chunking
-    axis_name: Hashable | None
-    layout: str = "contiguous"
-
-    def size(self) -> int:
-        return 1 if self.axis_name is None else lax.axis_size(self.axis_name)
-
-    def index(self) -> jax.Array:
-        return jnp.int32(0) if self.axis_name is None else lax.axis_index(self.axis_name)
-
-    def rotate(self, tree):
-        """Sends every array of `tree` to the next device of the ring (i -> i + 1)."""
-        if self.axis_name is None:
-            return tree
-        n = self.size()
-        perm = [(i, (i + 1) % n) for i in range(n)]
-        return jax.tree.map(lambda x: lax.ppermute(x, self.axis_name, perm), tree)
-
-    def positions(self, shard: jax.Array, length: int) -> jax.Array:
-        """Returns the global token indices `[length]` of device `shard`'s tokens.
-
-        Contiguous: `[shard*length, (shard+1)*length)`. Zigzag: the sequence is cut in 2N
-        chunks of length/2 and device i holds chunks i and 2N-1-i (both ascending, so the
-        visible KV chunks stay a prefix for `_visible_chunks`).
-        """
-        if self.layout == "contiguous":
-            return shard * length + jnp.arange(length, dtype=jnp.int32)
-        half = length // 2
-        chunk_ids = jnp.stack([shard, 2 * self.size() - 1 - shard])
-        return (chunk_ids[:, None] * half + jnp.arange(half, dtype=jnp.int32)).reshape(length)
-
-    def source(self, step) -> jax.Array:
-        """Returns which device's KV shard this device holds at ring step `step`."""
-        return (self.index() - step) % self.size()
+def shard_kernel(spec: AttentionSpec) -> Kernel:
+    """The kernel a (checked) spec names: one shard pair's forward and backward."""
+    return _KERNELS[spec.kernel](spec)
 
 
-def _forward(ring: _Ring, q, k, v, segment_ids):
-    """Returns (out in q's dtype `[B, L, Hq, D]`, lse f32 `[B, L, Hq]`) for the local Q shard."""
-    length = q.shape[1]
-    q_positions = ring.positions(ring.index(), length)
+def _size(spec: AttentionSpec) -> int:
+    return 1 if spec.axis_name is None else lax.axis_size(spec.axis_name)
 
-    def fold(step, kv, out, lse):
-        k, v, kv_segment_ids = kv
-        kv_positions = ring.positions(ring.source(step), length)
-        return shard_forward(
-            q, k, v, segment_ids, kv_segment_ids, q_positions, kv_positions, out, lse, ring.chunking
-        )
 
-    def ring_step(step, carry):
-        kv, out, lse = carry
-        next_kv = ring.rotate(kv)  # issued before the compute so the transfer can overlap it
-        return (next_kv, *fold(step, kv, out, lse))
+def _rotate(spec: AttentionSpec, tree):
+    """Sends every array of `tree` to the next device of the ring (i -> i + 1)."""
+    if spec.axis_name is None:
+        return tree
+    n = _size(spec)
+    return jax.tree.map(lambda x: lax.ppermute(x, spec.axis_name, [(i, (i + 1) % n) for i in range(n)]), tree)
 
-    # *_like keeps q's varying-manual-axes type, which the loop carries must match.
-    out = jnp.zeros_like(q, jnp.float32)
-    lse = jnp.full_like(q[..., 0], -jnp.inf, jnp.float32)
-    n = ring.size()
-    kv, out, lse = lax.fori_loop(0, n - 1, ring_step, ((k, v, segment_ids), out, lse))
-    out, lse = fold(n - 1, kv, out, lse)
+
+def _halves(x: jax.Array | None):
+    return (None, None) if x is None else (x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2 :])
+
+
+def _zigzag(spec: AttentionSpec) -> bool:
+    return spec.layout == "zigzag" and spec.causal
+
+
+def _forward(spec: AttentionSpec, q, k, v, ids):
+    """Returns (out in q's dtype, lse f32 `[B, L, Hq]`) of the local Q shard."""
+    kernel, scale, n = shard_kernel(spec), q.shape[3] ** -0.5, _size(spec)
+    r = 0 if spec.axis_name is None else lax.axis_index(spec.axis_name)
+    h = q.shape[1] // 2
+
+    def call(acc, q, q_ids, k, v, kv_ids, causal, at=0):
+        return kernel.forward(q, k, v, causal, scale, None if ids is None else (q_ids, kv_ids), acc, at)
+
+    incoming = _rotate(spec, (k, v, ids))  # issued before step 0's compute so the transfer overlaps it
+    acc = empty_forward(q)
+    if not _zigzag(spec):
+        acc = call(acc, q, ids, k, v, ids, spec.causal)
+
+        def fold(s, kv, acc):
+            more = lambda acc: call(acc, q, ids, *kv, False)
+            return when(s <= r, more, acc) if spec.causal else more(acc)
+    else:
+        (q_a, q_b), (k_a, k_b), (v_a, v_b), (i_a, i_b) = (_halves(x) for x in (q, k, v, ids))
+        acc = call(acc, q_a, i_a, k_a, v_a, i_a, True)
+        acc = call(acc, q_b, i_b, k_b, v_b, i_b, True, h)
+        acc = call(acc, q_b, i_b, k_a, v_a, i_a, False, h)
+
+        def fold(s, kv, acc):
+            source = (r - s) % n
+            # all queries x the source's first chunk, or the second query chunk x all its keys
+            first_chunk = lambda acc: call(acc, q, ids, *(_halves(x)[0] for x in kv), False)
+            acc = when(source < r, first_chunk, acc)
+            return when(source > r, lambda acc: call(acc, q_b, i_b, *kv, False, h), acc)
+
+    if n > 1:
+        kv, acc = lax.fori_loop(1, n - 1, lambda s, c: (_rotate(spec, c[0]), fold(s, *c)), (incoming, acc))
+        acc = fold(n - 1, kv, acc)
+    out, lse = acc
     return out.astype(q.dtype), lse
 
 
+def _backward(spec: AttentionSpec, q, k, v, ids, out, lse, d_out):
+    """Returns float32 (dq, dk, dv) of the local shards, given the final out and lse."""
+    kernel, scale, n = shard_kernel(spec), q.shape[3] ** -0.5, _size(spec)
+    r = 0 if spec.axis_name is None else lax.axis_index(spec.axis_name)
+    h = q.shape[1] // 2
+
+    def grads(acc, q, q_ids, k, v, kv_ids, out, lse, d_out, causal, q_at=0, kv_at=0):
+        segments = None if ids is None else (q_ids, kv_ids)
+        return kernel.backward(q, k, v, out, lse, d_out, causal, scale, segments, acc, q_at, kv_at)
+
+    acc = empty_backward(q, k, v)
+    if not _zigzag(spec):
+        acc = grads(acc, q, ids, k, v, ids, out, lse, d_out, spec.causal)
+
+        def fold(s, kv, acc):
+            more = lambda acc: grads(acc, q, ids, *kv, out, lse, d_out, False)
+            return when(s <= r, more, acc) if spec.causal else more(acc)
+    else:
+        (q_a, q_b), (k_a, k_b), (v_a, v_b), (o_a, o_b), (l_a, l_b), (g_a, g_b), (i_a, i_b) = (
+            _halves(x) for x in (q, k, v, out, lse, d_out, ids))
+        acc = grads(acc, q_a, i_a, k_a, v_a, i_a, o_a, l_a, g_a, True)
+        acc = grads(acc, q_b, i_b, k_b, v_b, i_b, o_b, l_b, g_b, True, h, h)
+        acc = grads(acc, q_b, i_b, k_a, v_a, i_a, o_b, l_b, g_b, False, h, 0)
+
+        def fold(s, kv, acc):
+            source = (r - s) % n
+            # all queries x the source's first chunk, or the second query chunk x all its keys
+            first_chunk = lambda acc: grads(acc, q, ids, *(_halves(x)[0] for x in kv), out, lse, d_out, False)
+            second_half = lambda acc: grads(acc, q_b, i_b, *kv, o_b, l_b, g_b, False, h, 0)
+            return when(source > r, second_half, when(source < r, first_chunk, acc))
+
+    if n == 1:
+        return acc
+
+    def step(s, carry):
+        kv, acc = carry
+        dq, dk, dv = fold(s, kv, acc)
+        kv, (dk, dv) = _rotate(spec, (kv, (dk, dv)))  # dK and dV travel with their shard
+        return kv, (dq, dk, dv)
+
+    dq, dk, dv = acc
+    # The barrier keeps XLA from merging this turn with the forward's identical first one (CSE),
+    # which would hold that rotated KV shard from the forward to here: one more shard of memory.
+    kv, (dk, dv) = _rotate(spec, (lax.optimization_barrier((k, v, ids)), (dk, dv)))
+    kv, acc = lax.fori_loop(1, n - 1, step, (kv, (dq, dk, dv)))
+    dq, dk, dv = fold(n - 1, kv, acc)
+    dk, dv = _rotate(spec, (dk, dv))  # the last turn brings them home
+    return dq, dk, dv
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(ring: _Ring, q, k, v, segment_ids):
-    return _forward(ring, q, k, v, segment_ids)[0]
+def ring(spec: AttentionSpec, q, k, v, ids=None):
+    """Attention of the local shards under a checked `spec` (see the module docstring)."""
+    return _forward(spec, q, k, v, ids)[0]
 
 
-def _attention_fwd(ring: _Ring, q, k, v, segment_ids):
-    out, lse = _forward(ring, q, k, v, segment_ids)
-    return out, (q, k, v, segment_ids, out, lse)
+def _ring_fwd(spec, q, k, v, ids=None):
+    out, lse = _forward(spec, q, k, v, ids)
+    return out, (q, k, v, ids, out, lse)
 
 
-def _attention_bwd(ring: _Ring, residuals, d_out):
-    q, k, v, segment_ids, out, lse = residuals
-    length = q.shape[1]
-    q_positions = ring.positions(ring.index(), length)
-    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
-
-    def fold(step, kv, grads):
-        k, v, kv_segment_ids = kv
-        kv_positions = ring.positions(ring.source(step), length)
-        return shard_backward(
-            q, k, v, segment_ids, kv_segment_ids, q_positions, kv_positions,
-            d_out, lse, delta, grads, ring.chunking,
-        )
-
-    def ring_step(step, carry):
-        kv, grads = carry
-        grads = fold(step, kv, grads)
-        # dK and dV travel with the shard they belong to.
-        next_kv, (dk, dv) = ring.rotate((kv, (grads.dk, grads.dv)))
-        return next_kv, Grads(grads.dq, dk, dv)
-
-    zeros = lambda x: jnp.zeros_like(x, jnp.float32)
-    n = ring.size()
-    kv, grads = lax.fori_loop(0, n - 1, ring_step, ((k, v, segment_ids), Grads(zeros(q), zeros(k), zeros(v))))
-    grads = fold(n - 1, kv, grads)
-    dk, dv = ring.rotate((grads.dk, grads.dv))  # the last turn brings them home
-    return grads.dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+def _ring_bwd(spec, residuals, d_out):
+    q, k, v, ids, out, lse = residuals
+    dq, dk, dv = _backward(spec, q, k, v, ids, out, lse, d_out)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
-_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-def _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents,
-              document_block) -> jax.Array:
-    """Runs the fused-kernel ring when the kernel is cuDNN and the mask causal, our chunked XLA
-    loops otherwise."""
-    check_shapes(q, k, v, segment_ids)
-    check_chunks(q.shape[1], q_chunk, kv_chunk)
-    if layout not in LAYOUTS:
-        raise ValueError(f"sequence layout {layout!r} is not one of {', '.join(LAYOUTS)}")
-    if layout == "zigzag" and q.shape[1] % 2:
-        raise ValueError(f"zigzag layout needs an even local length, got {q.shape[1]}")
-    kernel = resolve_kernel(kernel)
-    scale = q.shape[3] ** -0.5
-    if kernel == "cudnn" and causal:
-        spec = FusedSpec(kernel, layout, int(q_chunk), int(kv_chunk), scale, axis_name, int(max_documents),
-                         int(document_block))
-        return fused_ring_attention(spec, q, k, v, None if segment_ids is None else segment_ids.astype(jnp.int32))
-    chunking = Chunking(bool(causal), int(q_chunk), int(kv_chunk), scale)
-    return _attention(_Ring(chunking, axis_name, layout), q, k, v, default_segment_ids(q, segment_ids))
-
-
-def blockwise_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    segment_ids: jax.Array | None = None,
-    causal: bool = True,
-    q_chunk: int,
-    kv_chunk: int,
-    kernel: str = "auto",
-    max_documents: int = 16,
-    document_block: int = 0,
-) -> jax.Array:
-    """Returns attention `[batch, len, q_heads, head_dim]` computed in Q x KV chunks.
-
-    Same arguments and result as `dense_attention`; never builds a `[len, len]` matrix.
-    Softmax statistics are float32. Raises ValueError if a chunk size does not divide `len`.
-    `kernel`: "xla" (our chunked loops), "cudnn" (one fused cuDNN call; GPU only, used when
-    segment_ids is None and causal), or "auto" (cuDNN on a GPU backend, else xla).
-    `max_documents`: with cuDNN and segment_ids, the most documents a row may hold (cuDNN's
-    packed mode is compiled for it; its memory grows with it; a row with more is NaN).
-    `document_block`: with cuDNN and segment_ids, run a shard with itself in blocks of this many
-    tokens (0: in one call): packed-mode memory then follows the block (docs/gpu.md).
-    """
-    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, None, kernel, "contiguous", max_documents,
-                     document_block)
-
-
-def ring_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    segment_ids: jax.Array | None = None,
-    causal: bool = True,
-    q_chunk: int,
-    kv_chunk: int,
-    axis_name: Hashable,
-    kernel: str = "auto",
-    layout: str = "contiguous",
-    max_documents: int = 16,
-    document_block: int = 0,
-) -> jax.Array:
-    """Returns this device's shard of attention `[batch, local_len, q_heads, head_dim]`.
-
-    Call inside `shard_map` with the sequence sharded contiguously over `axis_name`: q, k, v
-    and segment_ids are local shards (device i holds tokens `[i*local_len, (i+1)*local_len)`).
-    K, V and their segment ids rotate around the ring; the result equals `dense_attention` on
-    the gathered sequence. With `layout="zigzag"` device i holds the sequence's chunks i and
-    2N-1-i (of length local_len/2), which balances the causal work (`reftrain.sharding
-    .zigzag_order` permutes a sequence into that order). `kernel`, `max_documents` and
-    `document_block` as in blockwise_attention.
-    """
-    return _dispatch(q, k, v, segment_ids, causal, q_chunk, kv_chunk, axis_name, kernel, layout, max_documents,
-                     document_block)
+ring.defvjp(_ring_fwd, _ring_bwd)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reftrain.attention import _chunked, blockwise_attention, dense_attention
+from reftrain.attention import _xla, blockwise_attention, dense_attention
 from tests.reftrain.test_attention_properties import Problem, ring_over
 
 
@@ -90,13 +90,13 @@ def test_ring_chunk_must_divide_the_local_shard():
 def _count_computed_blocks(monkeypatch, run) -> int:
     """Returns how many block forwards actually ran (not merely traced) during `run()`."""
     calls = []
-    original = _chunked.block_forward
+    original = _xla.block_forward
 
     def counting(q, *args):
         jax.debug.callback(lambda: calls.append(1))
         return original(q, *args)
 
-    monkeypatch.setattr(_chunked, "block_forward", counting)
+    monkeypatch.setattr(_xla, "block_forward", counting)
     jax.block_until_ready(run())
     return len(calls)
 
