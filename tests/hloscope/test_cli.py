@@ -59,7 +59,9 @@ def test_paper_attention_top_finding_is_the_stacked_segment_ids(tmp_path, target
     html = tmp_path / "diff.html"
     result = _run("diff", str(tmp_path / "paper_64.json"), str(tmp_path / "paper_128.json"), "--html", str(html))
     assert result.returncode == 0, result.stderr
-    assert "prealloc_accumulated" in result.stdout and "186 GB peak reduction" in result.stdout
+    assert "prealloc_accumulated" in result.stdout
+    # Fig. 2's 186 GB belongs to chunks (1024, 2048) -> (2048, 4096) only (tests/hloscope/test_report.py).
+    assert "186 GB" not in result.stdout
     assert html.read_text().count("scatter") >= 2
 
 
