@@ -481,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                    "assumptions": step_memory.__doc__, "attention_buffers": attention_memory.__doc__,
                    "comm": comm_bytes.__doc__,
                    "ring_overlap_tokens": {
-                       "nvlink_300GBps": overlap_tokens(model, 312e12, 300e9),
-                       "efa_50GBps_per_node": overlap_tokens(model, 312e12, 50e9)}},
+                       "nvlink_300GBps": overlap_tokens(model, flops.PEAK_FLOPS["NVIDIA A100"], 300e9),
+                       "efa_50GBps_per_node": overlap_tokens(model, flops.PEAK_FLOPS["NVIDIA A100"], 50e9)}},
         "rows": rows, "curves": curves, "checks": checks,
         "compiled": cases,
         "claims": [c.to_dict() for c in claims],

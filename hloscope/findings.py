@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from hloscope.hlo import CALL_OPCODES, HloModule, Instruction, WhileLoop
 from hloscope.trace import Stack, dus_of, in_place_operand, prealloc_bytes, walk_schedule
+from hloscope.units import short_bytes
 
 _KIND_RANK = {"loop_stacked_residual": 0, "large_integer_table": 1, "large_buffer": 2}
 _INTEGER = ("s", "u")
@@ -56,14 +57,6 @@ class Finding:
     def to_dict(self) -> dict:
         """A JSON-ready dict of every field."""
         return asdict(self)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 class _Flow:
@@ -323,7 +316,7 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
                        "per-layer weights stacked over a scan of layers",
            None: "the loop stacks one slice per iteration (a scan's ys)"}[context]
     cause = (f"{subject} is saved once per iteration of the loops with trip counts {counts} into "
-             f"{dus.shape} ({_human(site.shape.nbytes())}) ({why}).")
+             f"{dus.shape} ({short_bytes(site.shape.nbytes())}) ({why}).")
     if invariant and context == "forward":
         remedy = ("give the loop body (e.g. the blockwise attention) a custom VJP that saves only its "
                   "inputs, or slice the closed-over value outside the loops and pass the slices as scan "
@@ -410,13 +403,13 @@ def find_offenders(module: HloModule, *, budget_bytes: int | None = None, budget
             built = inst.opcode != "parameter" and not lazy
             if built and dtype.startswith(_INTEGER) and dtype[1:].isdigit() and size >= min_bytes:
                 found[key] = Finding("large_integer_table", **common, cause=(
-                    f"{inst.shape} holds {_human(size)} of integers: a table built whole from ids, "
+                    f"{inst.shape} holds {short_bytes(size)} of integers: a table built whole from ids, "
                     "positions or indices."), remedy=(
                     "compute the values on the fly where they are used (from the ids and a chunk "
                     "offset), or keep them in a narrower type (int8/int16/bool) if their range allows."))
             elif threshold is not None and size >= threshold:
                 found[key] = Finding("large_buffer", **common, cause=(
-                    f"{inst.shape} takes {size / budget_bytes:.1%} of the {_human(budget_bytes)} budget."),
+                    f"{inst.shape} takes {size / budget_bytes:.1%} of the {short_bytes(budget_bytes)} budget."),
                     remedy="shard it over more devices, rematerialise it, or compute it in chunks.")
     finally:
         sys.setrecursionlimit(old_limit)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from hloscope._files import atomic_write_text
 from hloscope.compile import CompileRequest, compile_in_worker
 from hloscope.programs.model_step import ModelStepShape
 from hloscope.speed import predicted_seconds
@@ -113,9 +114,7 @@ def evaluate(
             outcome.figures = {k: int(memory[k]) for k in ("xla_total", "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes") if k in memory}
         if result.status in ("ok", "oom"):  # a deterministic outcome; errors and crashes are retried
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(outcome.to_dict()))
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps(outcome.to_dict()))
     if outcome.status == "ok":
         total = outcome.figures["xla_total"]
         usable = None if budget is None else int(budget * (1 - margin))

@@ -1,4 +1,5 @@
-"""Byte counts as people write and read them: `70GiB`, `80 GB`, `34,359,738,368 B (32.00 GiB)`."""
+"""Byte counts as people write and read them: `70GiB`, `80 GB`, `34,359,738,368 B (32.00 GiB)`,
+`32.0 GiB`: every byte formatter of hloscope lives here."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ def human_bytes(count: int | float | None) -> str:
 def gib(count: int | float | None) -> str:
     """Returns e.g. '41.88 GiB'; '-' for None."""
     return "-" if count is None else f"{count / 2**30:,.2f} GiB"
+
+
+def short_bytes(count: int | float) -> str:
+    """Returns the count in the largest binary unit below 1024 of it, e.g. '32.0 GiB', '512 B'
+    (the findings' sentences, where the exact count would crowd the text)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable: TiB ends the loop")

@@ -1,15 +1,15 @@
 """NIAH reports: rich tables (depth x length), a plotly heatmap, and niah.json + niah.html.
 
-Both files are written under temporary names in the output folder and renamed only when both
-are complete, so a failed run leaves the folder as it was.
+Both are rendered in memory before either is written, and each is written through
+reftrain.files.atomic_write_bytes, so a failed run never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
+
+from reftrain.files import atomic_write_bytes
 
 SCHEMA = "reftrain.eval.niah/1"
 
@@ -65,22 +65,11 @@ def heatmap_figure(results: list[dict]):
     return fig
 
 
-def _temp_beside(path: Path) -> Path:
-    """Returns an unused hidden name next to `path` (created by the caller, with default permissions)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
 def write_outputs(out_dir: Path, payload: dict, results: list[dict]) -> tuple[Path, Path]:
     """Writes `out_dir/niah.json` (payload) and `out_dir/niah.html` (heatmap); returns both paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = (out_dir / "niah.json", out_dir / "niah.html")
-    temps = [_temp_beside(path) for path in final]
-    try:
-        temps[0].write_text(json.dumps(payload, indent=1) + "\n")
-        heatmap_figure(results).write_html(temps[1], include_plotlyjs=True)
-        for temp, path in zip(temps, final):
-            os.replace(temp, path)
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
+    final = (Path(out_dir) / "niah.json", Path(out_dir) / "niah.html")
+    contents = ((json.dumps(payload, indent=1) + "\n").encode(),
+                heatmap_figure(results).to_html(include_plotlyjs=True).encode())
+    for path, data in zip(final, contents):
+        atomic_write_bytes(path, data)
     return final
