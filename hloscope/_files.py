@@ -1,4 +1,9 @@
-"""Writing output files whole: a reader (or a crash) never sees half of one."""
+"""Writing output files whole: a reader (or a crash) never sees half of one.
+
+hloscope's one atomic writer (its CLI, API, worker, HTML report and search cache use it).
+reftrain has its own, `reftrain.files.atomic_write_bytes`, because the two packages may not
+import each other (DESIGN.md: hloscope's core imports no reftrain; reftrain never imports
+hloscope); analyses/ use reftrain's."""
 
 from __future__ import annotations
 
