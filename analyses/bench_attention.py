@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="SLOTS/BLOCK of our kernel")
     parser.add_argument("--xla", action="store_true", help="also our XLA loops (slow)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--name", default="bench_attention_documents_sweep")
+    parser.add_argument("--name", default="bench_attention_documents")
     parser.add_argument("--timeout", type=float, default=150, help="seconds per (length, documents) process")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a JSON case: run it in this process
     args = parser.parse_args(argv)

@@ -35,9 +35,10 @@ def add_parser(commands) -> None:
     p.add_argument("--kv-chunks", default="512,1024,2048,4096,8192")
     p.add_argument("--remat", default="full,save_dots", help="remat policies to try")
     p.add_argument("--mesh", default="", help="fixed axes, e.g. fsdp=2 (sp takes the remaining devices)")
-    p.add_argument("--document-block", type=int, default=0,
+    p.add_argument("--document-block", type=int, default=None,
                    help="GPU targets: cuDNN runs a shard with itself under documents in blocks of this many "
-                        "tokens (0: one call; its memory grows with the shard: docs/gpu.md)")
+                        "tokens (0: one call, whose memory grows with the shard; default: the model's, 16384: "
+                        "docs/gpu.md)")
     p.add_argument("--max-seq", action="store_true", help="also binary-search the longest sequence that fits")
     p.add_argument("--max-seq-limit", type=int, help="upper end of that search (default 4 x --seq)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="compiles at once")
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         target = get_target(args.target)
         budget = _memory_budget(args.memory) if args.memory else target.memory_bytes
         fixed = _mesh(args.mesh)
-        base = ModelStepShape(model=args.model, seq=args.seq, document_block=args.document_block, **fixed)
+        block = {} if args.document_block is None else {"document_block": args.document_block}
+        base = ModelStepShape(model=args.model, seq=args.seq, **block, **fixed)
         sizes = base.mesh_sizes(args.devices)
         local = args.seq // sizes["sp"] if sizes["sp"] else 0
         cands = candidates(local, _ints(args.q_chunks, "--q-chunks"), _ints(args.kv_chunks, "--kv-chunks"), tuple(args.remat.split(",")))
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         versions = toolchain_versions()
         plan = Plan(
             model=args.model, seq_len=args.seq, mesh=sizes, q_chunk=c.q_chunk, kv_chunk=c.kv_chunk, remat_policy=c.remat,
-            document_block=args.document_block,
+            document_block=base.document_block,
             target={"name": target.name, "device_kind": target.device_kind, "count": args.devices, "memory_bytes": budget, "margin": args.margin},
             predicted={"xla_total": chosen.figures["xla_total"], "headroom_bytes": chosen.headroom_bytes, "step_seconds": chosen.predicted_s},
             versions={"jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}, source="hloscope search",

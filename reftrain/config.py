@@ -88,11 +88,12 @@ class ModelConfig:
     attention_kernel: str = "auto"
     # "zigzag" gives device i the sequence chunks i and 2*sp-1-i, balancing causal ring work.
     sequence_layout: str = "contiguous"
-    # cuDNN packed mode (documents): most documents per shard row; its memory grows with it.
-    max_documents: int = 16
+    # cuDNN packed mode (documents): document slots per call (more documents take more calls).
+    # Packed-mode memory grows with slots x call length; 4 slots on 16K blocks is the default
+    # measured on an H200 (analyses/results/bench_attention_documents_*.md, docs/gpu.md).
+    max_documents: int = 4
     # cuDNN with documents: a shard with itself in blocks of this many tokens (0: one call).
-    # Packed-mode memory follows the block instead of the shard, for some speed (docs/gpu.md).
-    document_block: int = 0
+    document_block: int = 16384
     q_chunk: int = 2048
     kv_chunk: int = 4096
     loss_chunk: int = 2048

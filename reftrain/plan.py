@@ -35,7 +35,7 @@ class Plan:
     kv_chunk: int
     remat_policy: str
     sequence_layout: str = "contiguous"  # "zigzag" balances causal ring attention (sp > 1)
-    document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
     target: dict[str, Any] = field(default_factory=dict)  # device kind, count, memory budget
     predicted: dict[str, Any] = field(default_factory=dict)  # figure name -> bytes per device
     versions: dict[str, str] = field(default_factory=dict)

@@ -23,6 +23,8 @@ def build_module(
     loop_parts: dict[NodeKey, tuple[str, str]],
     fail: Callable[[str, NodeKey], ParseError] | None = None,
     forward: set[str] | None = None,
+    index: dict[NodeKey, Instruction] | None = None,
+    calling: list[Instruction] | None = None,
 ) -> HloModule:
     """Builds the module; the parsers have already checked that every name resolves.
 
@@ -34,24 +36,31 @@ def build_module(
     ``(computation, operand name)`` only for MLIR region captures); ``loop_parts`` maps each
     while instruction to its (body, condition) computation names. ``forward`` names the
     computations where an operand is defined at or after its user, if the parser knows them
-    (only those can hold an operand cycle); None: they are found here.
+    (only those can hold an operand cycle); None: they are found here. ``index`` (every
+    instruction by node key, in textual order) and ``calling`` (the instructions that call
+    computations, in textual order) save two walks over every instruction when the parser
+    collected them as it read; None: they are found here.
     """
     comps = {c.name: c for c in computations}
     if fail is None:
         def fail(reason: str, key: NodeKey) -> ParseError:
             return ParseError(f"{reason} (at {key[0]}/{key[1]})")
-    _check_calls(comps, entry, fail)
+    if index is None or calling is None:
+        index, calling = {}, []
+        for comp in computations:
+            cname = comp.name
+            for inst in comp.instructions:
+                index[(cname, inst.name)] = inst
+                if inst.called_computations:
+                    calling.append(inst)
+    _check_calls(comps, entry, fail, calling)
     _check_operand_cycles(computations, operand_keys, fail, forward)
-    index: dict[NodeKey, Instruction] = {}
-    callers: dict[str, list[Instruction]] = defaultdict(list)
     for comp in computations:
-        cname = comp.name
-        comp.is_entry = cname == entry
-        for inst in comp.instructions:
-            index[(cname, inst.name)] = inst
-            if inst.called_computations:
-                for callee in dict.fromkeys(inst.called_computations):  # once per distinct callee
-                    callers[callee].append(inst)
+        comp.is_entry = comp.name == entry
+    callers: dict[str, list[Instruction]] = defaultdict(list)
+    for inst in calling:
+        for callee in dict.fromkeys(inst.called_computations):  # once per distinct callee
+            callers[callee].append(inst)
 
     module = HloModule(
         name=name,
@@ -95,18 +104,22 @@ def build_graph(module: HloModule) -> "networkx.DiGraph":
 
 
 def _check_calls(comps: dict[str, Computation], entry: str,
-                 fail: Callable[[str, NodeKey], ParseError]) -> None:
+                 fail: Callable[[str, NodeKey], ParseError], calling: list[Instruction]) -> None:
     """Refuses recursion (a computation reachable from itself through calls) and call chains
     deeper than MAX_CALL_DEPTH below the entry. Iterative: a deep chain must not overflow
-    Python's stack here either."""
-    calls: dict[str, list[tuple[str, Instruction]]] = {}
-    for comp in comps.values():
-        calls[comp.name] = [(callee, inst) for inst in comp.instructions if inst.called_computations
-                            for callee in dict.fromkeys(inst.called_computations) if callee in comps]
+    Python's stack here either. ``calling``: the instructions that call, in textual order."""
+    calls: dict[str, list[tuple[str, Instruction]]] = {name: [] for name in comps}
+    for inst in calling:
+        edges = calls.get(inst.computation)
+        if edges is not None:
+            edges.extend((callee, inst) for callee in dict.fromkeys(inst.called_computations) if callee in comps)
     height: dict[str, int] = {}  # longest chain of calls below a computation
     on_path: set[str] = set()
     for start in comps:
         if start in height:
+            continue
+        if not calls[start]:  # most computations (fusions, reducers) call nothing
+            height[start] = 0
             continue
         stack: list[tuple[str, int]] = [(start, 0)]
         on_path.add(start)

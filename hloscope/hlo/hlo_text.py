@@ -56,9 +56,16 @@ _ATTR = r"\s*,\s*[\w.\-]+=\s*(?:" + _VALUE + ")"
 # The last attribute is captured on its own (the others go through _LINE_ATTR.findall): it is
 # mostly the long metadata={...}, which is then scanned once. The lazy '*?' retries one short
 # attribute at a time, each try stopping at its end.
-_LINE = re.compile(r"\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(" + _LINE_SHAPE + r")\s*([\w\-]+)\(\s*((?:"
-                   + _OPERAND + r"\s*(?:,\s*" + _OPERAND + r"\s*)*+)?)\)(?:((?:" + _ATTR
-                   + r")*?)\s*,\s*([\w.\-]+)=\s*(" + _VALUE + r"))?\s*")
+# The first two operands' names are captured on their own (most instructions have at most
+# two), the others together: one findall fewer per line.
+# Names on this path are ASCII ([\w] tests every character's Unicode category, a tenth of the
+# match): a line with another name takes the general path, which reads it the same.
+_NAMED_OPERAND = r"(?:(?:" + _LINE_SHAPE + r")\s+)?%?([0-9A-Za-z_.\-]+)"
+_LINE = re.compile((r"\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(" + _LINE_SHAPE + r")\s*([\w\-]+)\(\s*((?:"
+                    + _NAMED_OPERAND + r"\s*(?:,\s*" + _NAMED_OPERAND + r"\s*((?:,\s*" + _OPERAND
+                    + r"\s*)*+))?)?)\)(?:((?:" + _ATTR
+                    + r")*?)\s*,\s*([\w.\-]+)=\s*(" + _VALUE + r"))?\s*")
+                   .replace(r"[\w.\-]", r"[0-9A-Za-z_.\-]").replace(r"[\w\-]", r"[0-9A-Za-z_\-]"))
 _LINE_ATTR = re.compile(r",\s*([\w.\-]+)=\s*(" + _VALUE + ")")
 _LINE_OPERAND = re.compile(r"(?:(?:" + _LINE_SHAPE + r")\s+)?%?([\w.\-]+)")
 _PARAM = r"[\w.\-]+\s*:\s*(?:" + _LINE_SHAPE + r")\s*"
@@ -97,6 +104,12 @@ class _HloParser:
         self.inferred: list[tuple[_Comp, str]] = []  # instructions written without a shape
         self.aliases: list[Alias] = []
         self.metadata: dict[str, tuple[str | None, str | None, int | None, int | None]] = {}
+        # Filled as instructions are read, so that _finish and build_module need not walk them all
+        # again: the (computation, name) index, each instruction's operand keys, and the
+        # instructions _finish must check (calls, or an operand not defined above its user).
+        self.index: dict[NodeKey, Instruction] = {}
+        self.operand_keys: dict[NodeKey, list[NodeKey]] = {}
+        self.checks: list[tuple[_Comp, Instruction]] = []
 
     def fail(self, expected: str, lineno: int) -> ParseError:
         line = self.lines[lineno - 1] if 1 <= lineno <= len(self.lines) else None
@@ -178,18 +191,13 @@ class _HloParser:
         i = 0
         lines = self.lines
         n = len(lines)
-        line_match, goes_on, by_line = _LINE.fullmatch, _GOES_ON_LINE.match, self.by_line
+        by_line = self.by_line
         while i < n:
-            lineno = i + 1
             if current is not None and by_line:
-                m = line_match(lines[i])
-                if m is not None and (lineno >= n or not goes_on(lines[lineno])):
-                    try:
-                        self._line_instruction(m, current, lineno)
-                    except ScanError as e:
-                        raise self.fail(str(e), lineno) from None
-                    i = lineno
-                    continue
+                i = self._line_run(i, current)
+                if i >= n:
+                    break
+            lineno = i + 1
             s = self._code(i)
             if not s:
                 i += 1
@@ -285,59 +293,125 @@ class _HloParser:
             comp.instructions[-1].is_root = True
         self.comps.append(comp)
 
-    def _line_instruction(self, m: re.Match[str], comp: _Comp, lineno: int) -> None:
-        """An instruction line _LINE matched: what _instruction makes of it, without scanning."""
-        root, name, text, opcode, inner, rest, last_key, last_value = m.groups()
-        shape = self.shapes.get(text)
-        if shape is None:  # a module repeats few distinct shapes: parse each once
-            shape, end = parse_hlo_shape(text)
-            if end != len(text):
-                raise ScanError(f"expected an opcode after the shape {text!r}")
-            self.shapes[text] = shape
-        lines = comp.lines
-        defined = lines.setdefault(name, lineno)  # no line defines two instructions on this path
-        if defined != lineno:
-            raise ScanError(f"expected a new instruction name; {name!r} is already defined "
-                            f"on line {defined}")
-        if opcode == "parameter":
-            inner = inner.rstrip()
-            if not inner.isdecimal():
-                raise ScanError("expected parameter(<number>)")
-            operands: list[str] = []
-        elif opcode == "constant" or not inner:
-            operands = []
-        else:
-            operands = _LINE_OPERAND.findall(inner)
-        called: list[str] = []
-        op_name = source_file = source_line = frame = None
-        if last_key is None:
-            attributes: dict[str, str] = {}
-        else:
-            if rest:
-                attributes = dict(_LINE_ATTR.findall(rest))
-                attributes[last_key] = last_value
-            else:
-                attributes = {last_key: last_value}
-            if opcode == "select-and-scatter" or not _CALL_KEYS.isdisjoint(attributes):
-                called = _called(opcode, attributes)
-            meta = attributes.get("metadata")
-            if meta is not None:
-                found = self.metadata.get(meta)
-                if found is None:  # fusions repeat their caller's metadata: read each text once
-                    found = self.metadata[meta] = _metadata(meta)
-                op_name, source_file, source_line, frame = found
-                if frame is not None and source_file is None:
-                    comp.frames[name] = frame
-        if opcode == "constant":
-            attributes["literal"] = inner.rstrip()
-        elif opcode == "parameter":
-            attributes["parameter_number"] = inner
-        elif opcode == "while" and not ("body" in attributes and "condition" in attributes):
-            raise ScanError("expected condition=%cond and body=%body on a while")
-        instructions = comp.instructions
-        instructions.append(Instruction(
-            name, opcode, shape, comp.name, operands, called, attributes, op_name, source_file,
-            source_line, len(instructions), root is not None, [None] * len(operands)))
+    def _line_run(self, i: int, comp: _Comp) -> int:
+        """Reads the instruction lines _LINE matches from line index ``i`` on, as _instruction
+        would read them but without scanning; returns the index of the first line it left.
+
+        One loop for the run of lines (a large module is nearly all such lines), with what it
+        uses bound to locals: a function call per line is a tenth of a parse."""
+        lines = self.lines
+        n = len(lines)
+        match, goes_on = _LINE.fullmatch, _GOES_ON_LINE.match
+        m = match(lines[i])
+        if m is None:
+            return i
+        shapes, metadata, line_attr, line_operand = self.shapes, self.metadata, _LINE_ATTR.findall, _LINE_OPERAND.findall
+        cname, defined_at, instructions = comp.name, comp.lines, comp.instructions
+        setdefault, where = defined_at.setdefault, defined_at.get
+        index, operand_keys, checks = self.index, self.operand_keys, self.checks
+        call_keys_disjoint = _CALL_KEYS.isdisjoint
+        lineno = i + 1
+        try:
+            while True:
+                lineno = i + 1
+                # The next line: another instruction line, or one that goes on with this one
+                # (then this one is the general path's); a line _LINE matches never goes on.
+                if lineno < n:
+                    following = match(lines[lineno])
+                    if following is None and goes_on(lines[lineno]):
+                        return i
+                else:
+                    following = None
+                root, name, text, opcode, inner, first, second, more, rest, last_key, last_value = m.groups()
+                shape = shapes.get(text)
+                if shape is None:  # a module repeats few distinct shapes: parse each once
+                    shape, end = parse_hlo_shape(text)
+                    if end != len(text):
+                        raise ScanError(f"expected an opcode after the shape {text!r}")
+                    shapes[text] = shape
+                defined = setdefault(name, lineno)  # no line defines two instructions on this path
+                if defined != lineno:
+                    raise ScanError(f"expected a new instruction name; {name!r} is already defined "
+                                    f"on line {defined}")
+                if opcode == "parameter":
+                    inner = inner.rstrip()
+                    if not inner.isdecimal():
+                        raise ScanError("expected parameter(<number>)")
+                    operands: list[str] = []
+                elif opcode == "constant" or first is None:
+                    operands = []
+                elif second is None:
+                    operands = [first]
+                elif more:
+                    operands = [first, second, *line_operand(more)]
+                else:
+                    operands = [first, second]
+                called: list[str] = []
+                op_name = source_file = source_line = frame = None
+                if last_key is None:
+                    attributes: dict[str, str] = {}
+                else:
+                    if rest:
+                        attributes = dict(line_attr(rest))
+                        attributes[last_key] = last_value
+                    else:
+                        attributes = {last_key: last_value}
+                    if opcode == "select-and-scatter" or not call_keys_disjoint(attributes):
+                        called = _called(opcode, attributes)
+                    meta = attributes.get("metadata")
+                    if meta is not None:
+                        found = metadata.get(meta)
+                        if found is None:  # fusions repeat their caller's metadata: read each once
+                            found = metadata[meta] = _metadata(meta)
+                        op_name, source_file, source_line, frame = found
+                        if frame is not None and source_file is None:
+                            comp.frames[name] = frame
+                if opcode == "constant":
+                    attributes["literal"] = inner.rstrip()
+                elif opcode == "parameter":
+                    attributes["parameter_number"] = inner
+                elif opcode == "while" and not ("body" in attributes and "condition" in attributes):
+                    raise ScanError("expected condition=%cond and body=%body on a while")
+                inst = Instruction(name, opcode, shape, cname, operands, called, attributes, op_name, source_file,
+                                   source_line, len(instructions), root is not None, [None] * len(operands))
+                instructions.append(inst)
+                key = (cname, name)
+                index[key] = inst
+                if operands:
+                    if len(operands) == 1:
+                        operand_keys[key] = [(cname, first)]
+                        there = where(first)
+                        if called or there is None or there >= lineno:  # undefined or defined below
+                            checks.append((comp, inst))
+                    else:
+                        operand_keys[key] = [(cname, o) for o in operands]
+                        if called:
+                            checks.append((comp, inst))
+                        else:
+                            for operand in operands:
+                                there = where(operand)
+                                if there is None or there >= lineno:
+                                    checks.append((comp, inst))
+                                    break
+                elif called:
+                    checks.append((comp, inst))
+                i = lineno
+                if following is None:
+                    return i
+                m = following
+        except ScanError as e:
+            raise self.fail(str(e), lineno) from None
+
+    def _register(self, comp: _Comp, inst: Instruction, lineno: int) -> None:
+        """Indexes an instruction the general path read (what _line_run does for its own) and
+        lists it for _finish's checks when it calls computations or an operand is not defined
+        above it (the others pass them as they are)."""
+        key = (comp.name, inst.name)
+        self.index[key] = inst
+        if inst.operands:
+            self.operand_keys[key] = [(comp.name, o) for o in inst.operands]
+        if inst.called_computations or any(comp.lines.get(o, lineno) >= lineno for o in inst.operands):
+            self.checks.append((comp, inst))
 
     def _instruction(self, s: str, blank: str, comp: _Comp, lineno: int) -> None:
         m = _FAST.match(s)
@@ -411,6 +485,7 @@ class _HloParser:
         )
         comp.instructions.append(inst)
         comp.lines[name] = lineno
+        self._register(comp, inst, lineno)
         if frame is not None and source_file is None:
             comp.frames[name] = frame
 
@@ -465,43 +540,40 @@ class _HloParser:
                             "is the text cut short?)", len(self.lines))
         entry = entries[0].name if entries else self.comps[-1].name  # as XLA: the last one
         self._infer_shapes()
-        operand_keys: dict[NodeKey, list[NodeKey]] = {}
         loop_parts: dict[NodeKey, tuple[str, str]] = {}
         frames = _StackFrames(self.sections)
         # Computations where an operand may be defined after its user: one on the same line or
         # below (an operand written in place shares its user's line but comes first; such a
-        # computation only gets the full check it would not need).
+        # computation only gets the full check it would not need). Only the instructions the
+        # readers listed can fail these checks or name such an operand (see _register).
         forward: set[str] = set()
-        for comp in self.comps:
+        for comp, inst in self.checks:
             cname, lines = comp.name, comp.lines
-            for inst in comp.instructions:
-                operands = inst.operands
-                if operands:  # no entry for none: every reader takes a missing key as []
-                    here = lines[inst.name]
-                    for operand in operands:
-                        there = lines.get(operand)
-                        if there is None:
-                            raise self.fail(f"expected operand {operand!r} to be an instruction of "
-                                            f"computation {cname!r}", here)
-                        if there >= here:
-                            forward.add(cname)
-                    operand_keys[(cname, inst.name)] = [(cname, o) for o in operands]
-                if inst.called_computations:
-                    for callee in inst.called_computations:
-                        if callee not in by_name:
-                            raise self.fail(f"expected called computation {callee!r} to be defined",
-                                            lines[inst.name])
-                    if inst.opcode == "while":
-                        loop_parts[(cname, inst.name)] = (_strip(inst.attributes["body"]),
-                                                          _strip(inst.attributes["condition"]))
+            here = lines[inst.name]
+            for operand in inst.operands:
+                there = lines.get(operand)
+                if there is None:
+                    raise self.fail(f"expected operand {operand!r} to be an instruction of "
+                                    f"computation {cname!r}", here)
+                if there >= here:
+                    forward.add(cname)
+            if inst.called_computations:
+                for callee in inst.called_computations:
+                    if callee not in by_name:
+                        raise self.fail(f"expected called computation {callee!r} to be defined", here)
+                if inst.opcode == "while":
+                    loop_parts[(cname, inst.name)] = (_strip(inst.attributes["body"]),
+                                                      _strip(inst.attributes["condition"]))
+        for comp in self.comps:
             if comp.frames:
                 for inst in comp.instructions:
                     if inst.name in comp.frames:
                         inst.source_file, inst.source_line = frames.source(comp.frames[inst.name])
         computations = [Computation(c.name, c.instructions, c.name == entry) for c in self.comps]
-        module = build_module(name, "hlo", computations, entry, is_scheduled, operand_keys, loop_parts,
+        calling = [inst for _, inst in self.checks if inst.called_computations]
+        module = build_module(name, "hlo", computations, entry, is_scheduled, self.operand_keys, loop_parts,
                               lambda reason, key: self.fail(reason, by_name[key[0]].lines[key[1]]),
-                              forward=forward)
+                              forward=forward, index=self.index, calling=calling)
         module.input_output_alias = self.aliases
         module.sizes_are_global = hlo_global_reason(module)
         return module

@@ -17,7 +17,7 @@ class AttentionShape:
     kv_heads: int = 8
     head_dim: int = 128
     dtype: str = "bfloat16"
-    document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
     kernel: str = "auto"  # reftrain's attention kernel; auto: cuDNN for a GPU target, else xla
 
     def resolved(self) -> "AttentionShape":

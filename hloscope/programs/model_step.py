@@ -52,7 +52,7 @@ class ModelStepShape:
     tp: int = 1
     sp: int | None = None  # None: devices / (dp * fsdp * tp)
     layers: int | None = None  # None: the preset's; fewer to fit one GPU (analyses/hloscope_vs_gpu.py)
-    document_block: int = 0  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
     kernel: str = "auto"  # reftrain's attention_kernel
 
     def resolved(self) -> ModelStepShape:

@@ -33,7 +33,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec,
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
                         causal: bool = True, q_chunk: int, kv_chunk: int, kernel: str = "auto",
-                        max_documents: int = 16, document_block: int = 0) -> jax.Array:
+                        max_documents: int = 4, document_block: int = 16384) -> jax.Array:
     """Returns attention `[batch, len, q_heads, head_dim]` on one device, never building a
     `[len, len]` matrix; equals `dense_attention`. Softmax statistics are float32. The other
     arguments are `AttentionSpec`'s (ValueError if a chunk does not divide `len`)."""
@@ -43,7 +43,7 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids
 
 def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
                    causal: bool = True, q_chunk: int, kv_chunk: int, axis_name: Hashable, kernel: str = "auto",
-                   layout: str = "contiguous", max_documents: int = 16, document_block: int = 0) -> jax.Array:
+                   layout: str = "contiguous", max_documents: int = 4, document_block: int = 16384) -> jax.Array:
     """Returns this device's shard of attention `[batch, local_len, q_heads, head_dim]`.
 
     Call inside `shard_map` with q, k, v and segment_ids sharded over `axis_name` in `layout`

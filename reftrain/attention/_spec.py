@@ -41,8 +41,8 @@ class AttentionSpec(NamedTuple):
     kernel: str = "auto"
     layout: str = "contiguous"
     axis_name: Hashable | None = None
-    max_documents: int = 16
-    document_block: int = 0
+    max_documents: int = 4
+    document_block: int = 16384
 
     def check(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> "AttentionSpec":
         """Returns the spec with the kernel resolved; ValueError names what does not fit."""
