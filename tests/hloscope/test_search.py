@@ -55,7 +55,7 @@ def test_search_writes_a_plan_that_reftrain_trains_with(tmp_path, capsys):
     assert reftrain_run.main([*args, "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["model"]["q_chunk"] == written["q_chunk"] and shown["plan"]["source"] == "hloscope search"
-    assert shown["model"]["document_block"] == written["document_block"] == 0
+    assert shown["model"]["document_block"] == written["document_block"] == 16384  # the default
     assert reftrain_run.main(args) == 0
     assert json.loads((run_dir / "phase1" / "config.json").read_text())["plan"]["q_chunk"] == written["q_chunk"]
 
