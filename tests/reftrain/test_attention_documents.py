@@ -97,3 +97,40 @@ def test_real_rows_through_the_cudnn_ring_equal_dense(rows, document_block):
             for a, b in zip(jax.tree.leaves(ours(q, k, v, row)), jax.tree.leaves(reference(q, k, v, row))):
                 assert bool(jnp.all(jnp.isfinite(a)))
                 assert float(jnp.max(jnp.abs(a - b))) < 2e-5 * max(1.0, float(jnp.max(jnp.abs(b))))
+
+
+def test_real_rows_train_through_the_model_without_nan(rows):
+    """The model's loss and gradients (8-way ring, cuDNN kernel with its default 4 slots on the
+    CPU double) on a shrunk real row with overflowing shards: finite, and equal to the XLA
+    kernel's, which masks documents without slots."""
+    from reftrain import model
+    from reftrain.config import get_config
+    from reftrain.sharding import make_mesh
+    from tests.reftrain.cudnn_double import PRIMITIVES
+
+    ids = np.concatenate([_shrink(s, SHRINK) for s in rows[0].reshape(DEVICES, -1)])[None]
+    assert max(_documents(s) for s in ids.reshape(DEVICES, -1)) > 4  # more documents than slots
+    starts = np.concatenate([[True], ids[0, 1:] != ids[0, :-1]])
+    positions = np.arange(ids.shape[1]) - np.maximum.accumulate(np.where(starts, np.arange(ids.shape[1]), 0))
+    tokens = np.random.default_rng(0).integers(0, 256, ids.shape)
+    same_document = np.concatenate([ids[:, 1:] == ids[:, :-1], np.zeros((1, 1), bool)], axis=1)
+    batch = {"tokens": jnp.asarray(tokens, jnp.int32), "targets": jnp.asarray(np.roll(tokens, -1, axis=1), jnp.int32),
+             "positions": jnp.asarray(positions[None], jnp.int32), "segment_ids": jnp.asarray(ids, jnp.int32),
+             "loss_mask": jnp.asarray(same_document & (ids > 0), jnp.float32)}
+    config = get_config("tiny", vocab_size=256, hidden_size=32, intermediate_size=64, num_q_heads=2, num_kv_heads=1,
+                        head_dim=16, num_layers=2, compute_dtype="float32", q_chunk=128, kv_chunk=128, loss_chunk=128,
+                        mlp_chunk=0)
+    mesh = make_mesh(sp=DEVICES)
+    params = model.init_params(config, jax.random.key(0), mesh=mesh)
+
+    def loss_and_grads(kernel):
+        settings = config.replace(attention_kernel=kernel)
+        return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(settings, p, batch, mesh=mesh)[0]))(params)
+
+    with mock.patch.dict(_ring._KERNELS, cudnn=lambda spec: cudnn_kernel(spec, PRIMITIVES)):
+        loss, grads = loss_and_grads("cudnn")
+    want_loss, want_grads = loss_and_grads("xla")
+    assert np.isfinite(float(loss)) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert abs(float(loss) - float(want_loss)) < 1e-5 * abs(float(want_loss))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        assert float(jnp.max(jnp.abs(a - b))) < 1e-4 * max(1.0, float(jnp.max(jnp.abs(b))))
