@@ -8,7 +8,8 @@ gaps the layout leaves. This reads a module's `*after_optimizations-buffer-assig
 values of each allocation, their sizes and offsets) and `*after_optimizations-live-range.txt`
 (XLA's live range of each value over its flattened schedule) and prints the temp allocation's
 size, the most bytes of its values live at one point of that schedule, where, and the values
-live there by offset with the gaps between them. docs/figures.md quotes it for the scanned
+live there by offset with the gaps between them, and the heap size best-fit placement gives
+over the same live ranges (replay_layout). docs/figures.md quotes it for the scanned
 linen decoder on CPU, whose live_peak is under XLA's total by such gaps. `--module` picks the
 module whose file name contains it (default: the one with the largest temp allocation).
 """
@@ -80,6 +81,51 @@ def heap_gaps(assignment_text: str, live_range_text: str) -> dict:
             "live": [{"value": v[5], "allocation": v[4], "offset": v[3], "bytes": v[2]} for v in at_peak]}
 
 
+def replay_layout(assignment_text: str, live_range_text: str, order: str = "spatial") -> int:
+    """The temp heap size that best-fit placement gives over XLA's own live ranges: values at one
+    offset whose ranges touch are taken as one buffer (XLA places a buffer's values together),
+    placed in decreasing size, then longest-lived, then value-id order ('spatial', XLA's
+    GlobalDecreasingSizeBestFitHeap default) or longest-lived first ('temporal'), each at the
+    start of the smallest gap left by the chunks placed over its range (the end if none fits).
+    For the scanned linen decoder on CPU the spatial order gives XLA's temp size to 240 bytes."""
+    assignment = parse_buffer_assignment(assignment_text)
+    _, ranges = live_ranges(live_range_text)
+    by_offset: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+    for allocation in assignment.allocations:
+        if allocation.category != "temp":
+            continue
+        for value in allocation.values:
+            span = ranges.get((value.instruction, value.index))
+            if span is not None:
+                by_offset.setdefault((allocation.index, value.offset), []).append((*span, value.size, value.id))
+    buffers: list[list[int]] = []  # [first, last, bytes, smallest value id]
+    for values in by_offset.values():
+        chain: list[int] | None = None
+        for first, last, size, vid in sorted(values):
+            if chain is not None and first <= chain[1]:
+                chain[1], chain[2], chain[3] = max(chain[1], last), max(chain[2], size), min(chain[3], vid)
+            else:
+                chain = [first, last, size, vid]
+                buffers.append(chain)
+    if order == "spatial":
+        buffers.sort(key=lambda b: (-b[2], b[0] - b[1], b[3]))
+    else:
+        buffers.sort(key=lambda b: (b[0] - b[1], -b[2], b[3]))
+    placed: list[tuple[int, int, int, int]] = []
+    heap = 0
+    for first, last, size, _ in buffers:
+        busy = sorted((offset, offset + length) for a, b, offset, length in placed if a <= last and first <= b)
+        best, best_gap, cursor = None, None, 0
+        for start, end in busy:
+            if start - cursor >= size and (best_gap is None or start - cursor < best_gap):
+                best, best_gap = cursor, start - cursor
+            cursor = max(cursor, end)
+        offset = cursor if best is None else best
+        placed.append((first, last, offset, size))
+        heap = max(heap, offset + size)
+    return heap
+
+
 def _pick(folder: str, module: str | None) -> tuple[str, str]:
     found = sorted(glob.glob(os.path.join(folder, "*after_optimizations-buffer-assignment.txt")))
     if module:
@@ -107,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assignment_path, live_path = _pick(args.folder, args.module)
         with open(assignment_path) as f, open(live_path) as g:
-            found = heap_gaps(f.read(), g.read())
+            assignment_text, live_text = f.read(), g.read()
+        found = heap_gaps(assignment_text, live_text)
+        replayed = {order: replay_layout(assignment_text, live_text, order) for order in ("spatial", "temporal")}
     except (OSError, ValueError, ParseError) as e:
         print(f"xla_heap_gaps: {e}", file=sys.stderr)
         return 2
@@ -115,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"temp allocation: {found['temp_bytes']:,} bytes; most live at once: {found['live_bytes']:,} bytes "
           f"(at {found['at']}: {found['instruction']}); gaps and padding: "
           f"{found['temp_bytes'] - found['live_bytes']:,} bytes")
+    print(f"best-fit over these live ranges: {replayed['spatial']:,} bytes in XLA's spatial order, "
+          f"{replayed['temporal']:,} longest-lived first")
     cursor = None
     for v in found["live"]:
         if cursor is not None and v["offset"] > cursor:

@@ -57,3 +57,13 @@ def test_reads_a_dump_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "temp allocation: 48 bytes; most live at once: 32 bytes (at 1: a); gaps and padding: 16 bytes" in out
     assert "gap" in out
+
+
+def test_replay_packs_the_gap_away_and_keeps_a_buffers_values_together():
+    # a (0-1) first at 0, b with its alias w (1-2) next to it at 16, c (2-3) back at 0: 32 bytes
+    # where the hand-written layout took 48. Were w not merged into b's buffer it could not
+    # change this; a w of 32 bytes (the buffer's size is its largest value's) would make it 48.
+    assert xla_heap_gaps.replay_layout(_ASSIGNMENT, _LIVE_RANGE, "spatial") == 32
+    assert xla_heap_gaps.replay_layout(_ASSIGNMENT, _LIVE_RANGE, "temporal") == 32
+    wide = _ASSIGNMENT.replace("<4 w{1} (phi) @0> (size=16", "<4 w{1} (phi) @0> (size=32")
+    assert xla_heap_gaps.replay_layout(wide, _LIVE_RANGE, "spatial") == 48
