@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from reftrain.argparse_one_line import OneLineParser
 from reftrain.data._cache import DataError
 
 SPEC_HELP = """\
@@ -45,10 +46,10 @@ The default spec: code 70%, papers 10%, web 15%, books 5%; seq_mix 1,200 x 80K +
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m reftrain.data", description="MegaBeam data path: inspect a data spec.",
         epilog=SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     inspect = sub.add_parser("inspect", help="domain shares, document lengths, a decoded row",
                              epilog=SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     inspect.add_argument("--spec", help="a .toml or .json data spec (default: the built-in spec)")

@@ -70,6 +70,15 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path):
     assert proc.returncode == 0 and "[[domains]]" in proc.stdout and "text_field" in proc.stdout
 
 
+@pytest.mark.parametrize("argv", [[], ["inspect", "--seq-len", "abc"], ["fetch", "--bogus"], ["nope"]])
+def test_command_line_mistakes_get_one_line_and_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "usage:" not in err
+
+
 def test_qa_cli_prints_samples(capsys):
     assert main(["qa", "--seq-len", "1024", "--samples", "2"]) == 0
     out = capsys.readouterr().out
