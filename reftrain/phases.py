@@ -112,7 +112,8 @@ MISTRAL_7B: tuple[Phase, ...] = (
 #: Token budget of each tiny phase relative to the paper's, and the length scale. Phase 3 keeps
 #: the paper's three lengths in the paper's proportions (12 + 10 + 2 steps); 1/8,000 instead of
 #: 1/4,000 (47 steps) brings `--phase 3` on a fresh machine, data build included, from 353 s
-#: to 232 s of CPU time (issue 18: under 5 minutes on 2 cores).
+#: to 232 s of CPU time at the same load (2 min 19 s wall, 128 s CPU on a quieter host; issue 18:
+#: under 5 minutes on 2 cores).
 TINY_LENGTH_SCALE = 1 / 512
 TINY_BUDGET_SCALE = {1: 1 / 20_000, 2: 1 / 20_000, 3: 1 / 8_000, 4: 1 / 2_000}
 
