@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hloscope.errors import UserError
+from hloscope.errors import OneLineParser, UserError
 from hloscope.targets import TARGETS, MissingGpuAotError, UnknownTargetError, check_gpu_aot, get_target
 from hloscope.units import human_bytes, parse_size
 
@@ -218,7 +218,7 @@ def _add_program_arguments(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from hloscope import search_cli
 
-    parser = argparse.ArgumentParser(prog="hloscope", description="Per-device memory of JAX programs, from XLA's HLO.")
+    parser = OneLineParser(prog="hloscope", description="Per-device memory of JAX programs, from XLA's HLO.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     profile = commands.add_parser("profile", help="compile a program (or read HLO text) and explain its memory")

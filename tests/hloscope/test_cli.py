@@ -171,3 +171,10 @@ def test_profile_reads_an_xla_dump_folder_and_fills_xla_total(tmp_path, capsys):
     assert profile["figures"]["xla_total"] == expected
     assert any(path.endswith("buffer-assignment.txt") for path in profile["source"]["files_read"])
     assert "xla_total" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [("profile", "--seq", "abc"), ("frobnicate",), ("check",)])
+def test_a_usage_mistake_is_one_line_and_exit_2(args):
+    done = _run(*args)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("hloscope: error: ")
