@@ -1,6 +1,6 @@
 """Issue 17, item 6: parse speed and peak memory on a 300K-instruction module (target: 5 s, 1 GB).
 
-    nice -n 10 python analyses/bench_hlo_parse.py [--instructions 300000]
+    nice -n 10 python analyses/bench_hlo_parse.py [--instructions 300000] [--repeats 3]
 
 Writes a synthetic optimized-HLO text (fusions of four instructions called from a scheduled
 entry, each line with the metadata JAX writes, ~50 MB at 300K) and a StableHLO text of as many
@@ -86,15 +86,22 @@ print(json.dumps({"instructions": sum(1 for _ in module.instructions()), "parse_
 """
 
 
-def measure(path: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, path], capture_output=True, text=True,
-                         cwd=_ROOT, env=dict(os.environ, PYTHONPATH=_ROOT), check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure(path: str, repeats: int) -> dict:
+    """The run with the least parse CPU time of ``repeats`` fresh processes (as timeit does:
+    the others measure the machine's other work more than the parser) and every run's seconds."""
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", _MEASURE, path], capture_output=True, text=True,
+                             cwd=_ROOT, env=dict(os.environ, PYTHONPATH=_ROOT), check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = min(runs, key=lambda r: r["parse_cpu_s"])
+    return {**best, "parse_cpu_s_runs": [r["parse_cpu_s"] for r in runs]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instructions", type=int, default=300_000)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,15 +109,16 @@ def main() -> int:
             path = os.path.join(tmp, f"bench.{kind}")
             with open(path, "w") as f:
                 f.write(make(args.instructions))
-            row = {"text": kind, "megabytes": os.path.getsize(path) / 1e6, **measure(path)}
+            row = {"text": kind, "megabytes": os.path.getsize(path) / 1e6, **measure(path, args.repeats)}
             rows.append(row)
     # The target is judged on CPU seconds: wall time on the shared machine depends on the load.
-    lines = ["| text | instructions | MB | parse s CPU (wall) | trace s CPU | peak RSS MB (parse / all) | target |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| text | instructions | MB | parse s CPU, best (wall) | every run's parse s CPU | trace s CPU "
+             "| peak RSS MB (parse / all) | target |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         ok = r["parse_cpu_s"] <= 5 and r["peak_rss_parse_mb"] <= 1024
         lines.append(f"| {r['text']} | {r['instructions']:,} | {r['megabytes']:.1f} | {r['parse_cpu_s']:.2f} "
-                     f"({r['parse_s']:.2f}) | {r['trace_cpu_s']:.2f} | {r['peak_rss_parse_mb']:.0f} / "
+                     f"({r['parse_s']:.2f}) | {', '.join(f'{x:.2f}' for x in r['parse_cpu_s_runs'])} | {r['trace_cpu_s']:.2f} | {r['peak_rss_parse_mb']:.0f} / "
                      f"{r['peak_rss_mb']:.0f} | {'met' if ok else 'missed'} (5 s CPU, 1 GB) |")
     print("\n".join(lines))
     load = os.getloadavg()
@@ -119,7 +127,8 @@ def main() -> int:
         json.dump({"rows": rows, "loadavg": load, "cpus": os.cpu_count()}, f, indent=1)
     with open(os.path.join(_HERE, "results", "bench_hlo_parse.md"), "w") as f:
         f.write(f"`nice -n 10 python analyses/bench_hlo_parse.py` ({os.cpu_count()} CPUs, load average "
-                f"{load[0]:.1f} at the end; each text parsed in a fresh process)\n\n" + "\n".join(lines) + "\n")
+                f"{load[0]:.1f} at the end; each text parsed in {args.repeats} fresh processes, the fastest kept, "
+                f"as timeit does: the slower runs measure the shared machine's other work)\n\n" + "\n".join(lines) + "\n")
     return 0
 
 

@@ -33,7 +33,7 @@ _DENSE = re.compile(r"dense<(.*)>$", re.S)
 _APPLIES = re.compile(r"\bapplies\s+([\w.$]+)")
 # Unqualified names that are operations (func dialect ops may drop their prefix inside func.func).
 _BARE_OPS = {"return", "call", "call_indirect", "constant"}
-_TERMINATORS = {"return", "func.return", "stablehlo.return", "mhlo.return"}
+TERMINATORS = {"return", "func.return", "stablehlo.return", "mhlo.return"}
 
 
 @dataclass
@@ -61,7 +61,7 @@ class OpSyntax:
 
     @property
     def is_terminator(self) -> bool:
-        return self.op in _TERMINATORS
+        return self.op in TERMINATORS
 
 
 def opcode_of(op: str) -> str:

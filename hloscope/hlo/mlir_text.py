@@ -14,9 +14,8 @@ import re
 from hloscope.hlo.build import build_module
 from hloscope.hlo.errors import ParseError, ScanError
 from hloscope.hlo.mlir_locs import LocResolver
-from hloscope.hlo.mlir_ops import (OpSyntax, generic_tail, parse_args, parse_attr_dict, parse_op, read_type,
-                                   result_shape,
-                                   set_signature, split_loc)
+from hloscope.hlo.mlir_ops import (TERMINATORS, OpSyntax, generic_tail, parse_args, parse_attr_dict, parse_op,
+                                   read_type, result_shape, set_signature, split_loc)
 from hloscope.hlo.mlir_scope import EMPTY, Frame, OpenOp, Scope, fill_applies_body, region_label
 from hloscope.hlo.model import Alias, Computation, HloModule, Instruction, NodeKey, Shape
 from hloscope.hlo.scan import blank_strings, find_close, split_top, strip_strings, unquote
@@ -196,12 +195,13 @@ class _MlirParser:
                 if t.endswith("( {"):  # older MLIR printed a generic op's regions as '( {'
                     t = t[:-3].rstrip() + "({"
             try:
+                # _SIMPLE_OP matches whole lines only, so a line it takes holds one statement.
+                if self.by_line and t.startswith("%") and self._simple_op(t, i, start + 1):
+                    continue
                 cut = _second_statement(t)
                 if cut > 0:  # '%0 = stablehlo.add %a, %b : tensor<4xf32>  func.return %0 : ..'
                     t, rest = t[:cut].rstrip(), t[cut:].strip()
                     self._line(t, start + 1)
-                    continue
-                if self.by_line and t.startswith("%") and self._simple_op(t, i, start + 1):
                     continue
                 # One statement may span several lines (see _Joiner).
                 joiner = _Joiner(t)
@@ -240,12 +240,39 @@ class _MlirParser:
             if (not nxt or nxt.startswith(("//", ":", "->", "{"))
                     or (nxt.startswith("attributes") and nxt[10:11] in (" ", "{"))):
                 return False  # see _Joiner.goes_on
-        self.pending = None
-        operands = [(v, int(k) if k else None) for v, k in _SIMPLE_OPERAND.findall(args)]
-        syntax = OpSyntax([(name, 1)], op, False, operands, {"asm": args},
-                          [p.strip() for p in types.split(",")])
+            if nxt.endswith("{") or "//" in nxt:
+                return False  # it may open a region of this op ('cond {'): see _line's pending
+        # What _instruction does for this one-result op, inlined (most of a large module's
+        # lines come here). Anything unusual (a name defined twice, an unknown operand, a bad
+        # result number) is left to the general path, which says what is wrong.
         scope = self.stack[-1].scope
-        self.pending = OpenOp(self._instruction(syntax, scope, lineno, loc), scope, syntax, False, lineno)
+        if name in scope.values or op in TERMINATORS:
+            return False
+        pairs = _SIMPLE_OPERAND.findall(args)
+        operands: list[str] = []
+        results: list[int | None] = []
+        keys: list[NodeKey] = []
+        for value, k in pairs:
+            found = scope.lookup(value)
+            if found is None:
+                return False
+            owner, (inst_name, first, count, total) = found
+            number = int(k) if k else 0
+            if number >= count:
+                return False
+            operands.append(inst_name)
+            results.append(first + number if total > 1 else None)
+            keys.append((owner.name, inst_name))
+        type_list = types.split(",")
+        inst = Instruction(
+            name=name, opcode=op.partition(".")[2], shape=parse_mlir_type(type_list[-1]),
+            computation=scope.name, operands=operands, called_computations=[],
+            attributes={"asm": args, "mlir_op": op}, op_name=None, source_file=None,
+            source_line=None, position=len(scope.instructions), is_root=False, operand_results=results,
+        )
+        scope.add(inst, keys, lineno, loc)
+        scope.values[name] = (name, 0, 1, 1)
+        self.pending = None  # the next line opens no region of this op (checked above)
         return True
 
     def _expand(self, t: str) -> str:
@@ -558,6 +585,8 @@ class _MlirParser:
                 raise ParseError(str(e), lineno, self.lines[lineno - 1]) from None
         operand_keys: dict[NodeKey, list[NodeKey]] = {}
         loop_parts: dict[NodeKey, tuple[str, str]] = {}
+        index: dict[NodeKey, Instruction] = {}
+        calling: list[Instruction] = []
         for scope in self.scopes:
             for inst in scope.instructions:
                 lineno = scope.lines[inst.name]
@@ -569,10 +598,14 @@ class _MlirParser:
                         raise ScanError("expected a while with a cond region and a body region")
                 except ScanError as e:
                     raise ParseError(str(e), lineno, self.lines[lineno - 1]) from None
-                operand_keys[(scope.name, inst.name)] = scope.keys[inst.name]
+                key = (scope.name, inst.name)
+                operand_keys[key] = scope.keys[inst.name]
+                index[key] = inst
+                if inst.called_computations:
+                    calling.append(inst)
                 if inst.opcode == "while":
-                    loop_parts[(scope.name, inst.name)] = (inst.attributes["body"],
-                                                           inst.attributes["condition"])
+                    loop_parts[key] = (inst.attributes["body"],
+                                       inst.attributes["condition"])
         computations = [Computation(s.name, s.instructions, s.name == entry,
                                     s.parent.name if s.parent else None) for s in self.scopes]
 
@@ -580,8 +613,10 @@ class _MlirParser:
             lineno = self.by_name[key[0]].lines[key[1]]
             return ParseError(reason, lineno, self.lines[lineno - 1])
 
+        # An operand is looked up when its op is read, so it is defined earlier in the function
+        # or in an enclosing one: no function has a forward reference (forward=set()).
         module = build_module(self.module_name or entry, "stablehlo", computations, entry, False,
-                              operand_keys, loop_parts, fail)
+                              operand_keys, loop_parts, fail, forward=set(), index=index, calling=calling)
         module.input_output_alias = self.aliases.get(entry, [])
         module.sizes_are_global = mlir_global_reason(self.text)
         return module
