@@ -1,6 +1,7 @@
 """Training-step throughput on one GPU: tokens/s and MFU of a Mistral-shaped model.
 
-    XLA_PYTHON_CLIENT_PREALLOCATE=false python analyses/bench_train.py [--layers 8] [--lengths 32768 65536]
+    XLA_PYTHON_CLIENT_PREALLOCATE=false python analyses/bench_train.py [--layers 8] [--lengths 32768 65536] \
+        [--remat full save_attention ...] [--anchor ../shared/bench/anchor_train.py]
 
 The model is Mistral-7B's width (hidden 4096, 32/8 heads, MLP 14336, vocabulary 32,000) with
 fewer layers so that parameters, gradients and AdamW state fit one GPU. Each (length, remat,
@@ -113,8 +114,8 @@ def _run_one(case: dict) -> dict:
     if lengths:  # packed documents, positions restarting per document
         batch["segment_ids"] = jnp.asarray(np.repeat(np.arange(1, len(lengths) + 1), lengths)[None], jnp.int32)
         batch["positions"] = jnp.asarray(np.concatenate([np.arange(n) for n in lengths])[None], jnp.int32)
-        # cuDNN's packed mode is compiled for a document count; its memory grows with it.
-        config = config.replace(max_documents=len(lengths))
+        # The model's own document settings (max_documents slots per call, document_block),
+        # whatever the row holds: a benchmark tailored to each row's count once hid a NaN.
         case["documents_in_row"] = len(lengths)
 
     def step(params, opt_state, batch):
@@ -144,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536])
-    parser.add_argument("--remat", nargs="+", default=["full", "save_dots"])
+    parser.add_argument("--remat", nargs="+", default=["full", "save_attention", "save_dots_attention", "none"],
+                        help="reftrain.remat policies")
+    parser.add_argument("--anchor", type=Path, help="also run this plain-JAX step (../shared/bench/anchor_train.py) "
+                        "with REMAT=full and none at each length, in the same run, and give tokens/s against its faster one")
     parser.add_argument("--documents", nargs="+", type=int, default=[0, 1], help="1: packed documents (segment ids)")
     parser.add_argument("--kernel", default="auto", choices=["auto", "xla", "cudnn"])
     parser.add_argument("--steps", type=int, default=5)
@@ -166,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for length in args.lengths:
+        for remat in ("full", "none") if args.anchor else ():
+            case = {"anchor": True, "length": length, "layers": args.layers, "remat": remat, "documents": False}
+            row = run_isolated([str(args.anchor), str(args.layers), str(length), str(args.steps)], case,
+                               timeout=args.timeout, env=dict(os.environ, REMAT=remat))
+            rows.append({**case, **row})
+            print(json.dumps(rows[-1]), flush=True)
         for remat in args.remat:
             for documents in args.documents:
                 case = {"length": length, "layers": args.layers, "remat": remat, "documents": bool(documents),
@@ -186,7 +196,7 @@ def _rescore(path: Path) -> int:
 
     rows = json.loads(path.read_text())["rows"]
     for row in rows:
-        if "step_s" in row:
+        if "step_s" in row and not row.get("anchor"):
             peak = peak_flops_of_kind(row["device"])
             case = {k: row[k] for k in ("length", "layers", "remat", "documents", "kernel")}
             row.update(_derived(case, row["step_s"], peak))
@@ -197,14 +207,27 @@ def _rescore(path: Path) -> int:
 def _write(rows: list[dict], out_dir: Path, name: str) -> None:
     from reftrain.files import atomic_write_bytes
 
-    lines = ["| tokens | layers | remat | documents | step s | tokens/s | MFU | attention FLOPs | AdamW s | peak GiB |",
-             "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    # The yardstick per length: the faster anchor run that fit (what a careful user would pick).
+    anchors = {}
     for r in rows:
+        if r.get("anchor") and "error" not in r:
+            anchors[r["length"]] = max(anchors.get(r["length"], 0.0), r["tokens_per_s"])
+    lines = ["| step | tokens | layers | remat | documents | step s | tokens/s | vs faster anchor | MFU | "
+             "attention FLOPs | AdamW s | peak GiB |",
+             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        who = "anchor" if r.get("anchor") else "reftrain"
         if "error" in r:
-            lines.append(f"| {r['length']:,} | {r['layers']} | {r['remat']} | {r['documents']} | failed: {r['error'][:90]} | | | | | |")
+            lines.append(f"| {who} | {r['length']:,} | {r['layers']} | {r['remat']} | {r['documents']} | "
+                         f"failed: {r['error'][:90]} | | | | | | |")
             continue
-        lines.append(f"| {r['length']:,} | {r['layers']} | {r['remat']} | {r['documents']} | {r['step_s']:.3f} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['attention_flops_share']:.0%} | "
+        ratio = f"{r['tokens_per_s'] / anchors[r['length']]:.3f}x" if r["length"] in anchors else "-"
+        if r.get("anchor"):
+            lines.append(f"| anchor | {r['length']:,} | {r['layers']} | {r['remat']} | False | {r['step_s']:.3f} | "
+                         f"{r['tokens_per_s']:,.0f} | {ratio} | {r['mfu_989']:.1%} | - | - | {r['peak_bytes'] / 2**30:.1f} |")
+            continue
+        lines.append(f"| reftrain | {r['length']:,} | {r['layers']} | {r['remat']} | {r['documents']} | {r['step_s']:.3f} | "
+                     f"{r['tokens_per_s']:,.0f} | {ratio} | {r['mfu']:.1%} | {r['attention_flops_share']:.0%} | "
                      f"{r['adamw_update_s']:.3f} | {r['peak_bytes'] / 2**30:.1f} |")
     table = "\n".join(lines) + "\n"
     print(table)

@@ -25,7 +25,6 @@ from hloscope.targets import DEFAULT_MARGIN, get_target
 from hloscope.versions import toolchain_versions
 
 CHUNK_OPTIONS = (512, 1024, 2048, 4096, 8192)
-REMAT_OPTIONS = ("full", "save_dots")
 _REMAT_WARNING = re.compile(r".*rematerializ.*", re.IGNORECASE)
 
 
@@ -59,7 +58,7 @@ class Outcome:
         return cls(**{**raw, "candidate": Candidate(**raw["candidate"])})
 
 
-def candidates(local_len: int, q_options=CHUNK_OPTIONS, kv_options=CHUNK_OPTIONS, remats=REMAT_OPTIONS) -> list[Candidate]:
+def candidates(local_len: int, remats: tuple[str, ...], q_options=CHUNK_OPTIONS, kv_options=CHUNK_OPTIONS) -> list[Candidate]:
     """(q, kv, remat) with both chunks dividing the local length and kv_chunk >= q_chunk."""
     return [
         Candidate(q, kv, remat)

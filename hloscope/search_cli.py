@@ -14,6 +14,11 @@ from hloscope.units import gib, parse_size
 from hloscope.errors import UserError
 from hloscope.targets import DEFAULT_MARGIN, TARGETS, check_gpu_aot, get_target
 from hloscope.versions import toolchain_versions
+from reftrain.config import REMAT_POLICIES
+
+# Full remat, and the two that skip a recompute: attention's (save_attention, 8 KiB a token and
+# layer) and the matmuls' (save_dots); --remat may name any of REMAT_POLICIES (reftrain.remat).
+REMAT_OPTIONS = ("full", "save_attention", "save_dots")
 
 def _memory_budget(text: str) -> int:
     try:
@@ -33,7 +38,7 @@ def add_parser(commands) -> None:
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="fraction of memory kept free (docs/search.md)")
     p.add_argument("--q-chunks", default="512,1024,2048,4096,8192")
     p.add_argument("--kv-chunks", default="512,1024,2048,4096,8192")
-    p.add_argument("--remat", default="full,save_dots", help="remat policies to try")
+    p.add_argument("--remat", default=",".join(REMAT_OPTIONS), help=f"remat policies to try, of: {', '.join(REMAT_POLICIES)}")
     p.add_argument("--mesh", default="", help="fixed axes, e.g. fsdp=2 (sp takes the remaining devices)")
     p.add_argument("--document-block", type=int, default=None,
                    help="GPU targets: cuDNN runs a shard with itself under documents in blocks of this many "
@@ -54,6 +59,14 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
     if not values or min(values) <= 0:
         raise ValueError(f"{flag} {text!r}: expected positive integers")
+    return values
+
+
+def _remats(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in REMAT_POLICIES]
+    if not values or unknown:
+        raise ValueError(f"--remat {text!r}: expected comma-separated policies of {', '.join(REMAT_POLICIES)}")
     return values
 
 
@@ -101,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         base = ModelStepShape(model=args.model, seq=args.seq, **block, **fixed)
         sizes = base.mesh_sizes(args.devices)
         local = args.seq // sizes["sp"] if sizes["sp"] else 0
-        cands = candidates(local, _ints(args.q_chunks, "--q-chunks"), _ints(args.kv_chunks, "--kv-chunks"), tuple(args.remat.split(",")))
+        cands = candidates(local, _remats(args.remat), _ints(args.q_chunks, "--q-chunks"), _ints(args.kv_chunks, "--kv-chunks"))
         if not cands:
             raise ValueError(f"no chunk pair divides the local length {local} (= {args.seq} / sp={sizes['sp']})")
         ModelStepShape(**{**asdict(base), "q_chunk": cands[0].q_chunk, "kv_chunk": cands[0].kv_chunk, "remat": cands[0].remat}).validate(args.devices)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from reftrain.fields import check_field_types
 
-REMAT_POLICIES = ("full", "save_dots", "none")
+# reftrain.remat.POLICIES says what each keeps (kept here as names: config imports no jax).
+REMAT_POLICIES = ("full", "save_attention", "save_qkv_attention", "save_dots", "save_dots_attention",
+                  "offload_layer_inputs", "none")
 # Built in; `reftrain.layers.register_attention` adds others (hloscope's paper reproduction).
 ATTENTION_IMPLS = ("auto", "dense", "blockwise")
 ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # reftrain.attention.KERNELS

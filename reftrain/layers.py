@@ -11,10 +11,12 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import Mesh
 
 from reftrain.attention import blockwise_attention, dense_attention, resolve_kernel, ring_attention
 from reftrain.config import ATTENTION_IMPLS, ModelConfig
+from reftrain.remat import remat_policy
 from reftrain.rope import apply_rope
 from reftrain.sharding import activation_spec, heads_spec
 
@@ -125,9 +127,10 @@ class Attention(nn.Module):
         def proj(name, heads):
             return nn.DenseGeneral((heads, c.head_dim), use_bias=False, kernel_init=init, name=name, **_dtypes(c))(x)
 
-        q = apply_rope(proj("q", c.num_q_heads), cos, sin)
-        k = apply_rope(proj("k", c.num_kv_heads), cos, sin)
-        v = proj("v", c.num_kv_heads)
+        # Residual names for the remat policies (reftrain.remat).
+        q = checkpoint_name(apply_rope(proj("q", c.num_q_heads), cos, sin), "query")
+        k = checkpoint_name(apply_rope(proj("k", c.num_kv_heads), cos, sin), "key")
+        v = checkpoint_name(proj("v", c.num_kv_heads), "value")
         out = attend(c, self.mesh, q, k, v, segment_ids)
         return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, kernel_init=init, name="o", **_dtypes(c))(
             out.astype(x.dtype)
@@ -138,8 +141,9 @@ class MLP(nn.Module):
     """SiLU-gated MLP: down(silu(gate(x)) * up(x)); kernels `[D, F]`, `[D, F]`, `[F, D]`.
 
     With `config.mlp_chunk`, each device runs the MLP over its tokens in chunks of at most that
-    many, each rematerialised: the three `[local tokens, F]` intermediates (10.5 GiB per device
-    for Mistral-7B at 1M tokens on 8 devices) then exist one chunk at a time.
+    many, each rematerialised as the remat policy says: under "full" the three
+    `[local tokens, F]` intermediates (10.5 GiB per device for Mistral-7B at 1M tokens on 8
+    devices) then exist one chunk at a time.
     """
 
     config: ModelConfig
@@ -159,7 +163,7 @@ class MLP(nn.Module):
 
         def mlp(x):
             x = x.astype(dtype)
-            return (nn.silu(x @ gate) * (x @ up)) @ down
+            return (nn.silu(checkpoint_name(x @ gate, "mlp_gate")) * checkpoint_name(x @ up, "mlp_up")) @ down
 
         batch, length, hidden = x.shape
         sp = 1 if self.mesh is None else self.mesh.shape["sp"]
@@ -173,7 +177,10 @@ class MLP(nn.Module):
         if self.mesh is not None:
             spec = jax.sharding.PartitionSpec(None, activation_spec()[0], "sp", None, None)
             chunks = jax.lax.with_sharding_constraint(chunks, jax.sharding.NamedSharding(self.mesh, spec))
-        out = jax.lax.map(jax.checkpoint(mlp), chunks)
+        # Each chunk keeps what the layer's remat policy keeps ("full": nothing, so one chunk's
+        # [chunk, F] intermediates exist at a time; "none": everything, as without chunks).
+        policy = remat_policy(c.remat_policy)
+        out = jax.lax.map(mlp if c.remat_policy == "none" else jax.checkpoint(mlp, policy=policy), chunks)
         return jnp.moveaxis(out, 0, 2).reshape(batch, length, hidden)
 
 
@@ -187,6 +194,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, cos, sin, segment_ids):
         c = self.config
         norm = {"eps": c.rms_norm_eps, **_dtypes(c)}
+        x = checkpoint_name(x, "layer_input")
         x = x + Attention(c, self.mesh, name="attn")(RMSNorm(name="attn_norm", **norm)(x), cos, sin, segment_ids)
         x = x + MLP(c, self.mesh, name="mlp")(RMSNorm(name="mlp_norm", **norm)(x))
         x = constrain(x, self.mesh)

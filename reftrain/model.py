@@ -26,15 +26,11 @@ from jax.sharding import PartitionSpec as P
 from reftrain.config import ModelConfig
 from reftrain.layers import DecoderLayer, RMSNorm, constrain
 from reftrain.loss import cross_entropy_sums
+from reftrain.remat import remat_policy
 from reftrain.rope import rope_tables
 from reftrain.sharding import (
     ParamReport, batch_spec, check_divisible, param_report, param_shardings, zigzag_permutation,
 )
-
-_REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class Mistral(nn.Module):
@@ -53,7 +49,7 @@ class Mistral(nn.Module):
         cos, sin = rope_tables(positions, c)
         layer = DecoderLayer
         if c.remat_policy != "none":
-            layer = nn.remat(layer, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=False)
+            layer = nn.remat(layer, policy=remat_policy(c.remat_policy), prevent_cse=False)
         stack = nn.scan(
             layer,
             variable_axes={"params": 0},

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from hloscope.programs.paper_attention import paper_ring_attention
 from reftrain.config import PRESETS, REMAT_POLICIES, ModelConfig
+from reftrain.remat import remat_policy
 from reftrain.layers import DecoderLayer, register_attention
 from reftrain.phases import get_phase
 from reftrain.rope import rope_tables
@@ -152,6 +153,6 @@ def build_layer(mesh: Mesh, **options):
         out, _ = layer.apply({"params": params}, x, cos, sin, segment_ids)
         return jnp.sum(out.astype(jnp.float32))
 
-    step = jax.checkpoint(loss) if config.remat_policy == "full" else loss
+    step = loss if config.remat_policy == "none" else jax.checkpoint(loss, policy=remat_policy(config.remat_policy))
     return jax.jit(jax.grad(step, argnums=(0, 1))), [params, x, tokens, tokens]
 

@@ -27,6 +27,7 @@ from functools import partial
 
 import jax
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from reftrain.attention._cudnn import cudnn_kernel
 from reftrain.attention._spec import AttentionSpec, Kernel, empty_backward, empty_forward, when
@@ -155,6 +156,9 @@ def ring(spec: AttentionSpec, q, k, v, ids=None):
 
 def _ring_fwd(spec, q, k, v, ids=None):
     out, lse = _forward(spec, q, k, v, ids)
+    # Named so that a remat policy can keep them (reftrain.remat's "save_attention"): with
+    # them saved, the backward does not run the attention forward again.
+    out, lse = checkpoint_name(out, "attention_out"), checkpoint_name(lse, "attention_lse")
     return out, (q, k, v, ids, out, lse)
 
 

@@ -16,6 +16,7 @@ from hloscope.profiling import profile_program
 from hloscope.programs import lower_program
 from hloscope.programs.model_step import ModelStepShape
 from hloscope.search import candidates
+from hloscope.search_cli import REMAT_OPTIONS
 from hloscope.speed import predicted_seconds
 from hloscope.targets import get_target
 from reftrain import run as reftrain_run
@@ -32,9 +33,9 @@ def private_cache(tmp_path, monkeypatch):
 
 @given(local=st.sampled_from([256, 1024, 4096, 65536, 38400]))
 def test_candidates_divide_the_local_length(local):
-    found = candidates(local)
+    found = candidates(local, REMAT_OPTIONS)
     assert all(local % c.q_chunk == 0 and local % c.kv_chunk == 0 and c.kv_chunk >= c.q_chunk for c in found)
-    assert {c.remat for c in found} <= {"full", "save_dots"}
+    assert not found or {c.remat for c in found} == set(REMAT_OPTIONS)
 
 
 def test_search_writes_a_plan_that_reftrain_trains_with(tmp_path, capsys):
@@ -96,3 +97,15 @@ def test_speed_model_ranks_remat_and_chunks():
     full = predicted_seconds(config, 524_288, mesh, target)
     assert predicted_seconds(config.replace(remat_policy="save_dots"), 524_288, mesh, target) < full
     assert predicted_seconds(config.replace(q_chunk=512, kv_chunk=512), 524_288, mesh, target) > full  # block overhead
+
+
+def test_speed_model_knows_every_remat_policy_and_what_each_skips():
+    from hloscope.speed import RECOMPUTED
+    from reftrain.config import REMAT_POLICIES
+
+    assert set(RECOMPUTED) == set(REMAT_POLICIES)
+    config, target = get_config("mistral-7b"), get_target("a100-80gb")
+    mesh = {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8}
+    seconds = {p: predicted_seconds(config.replace(remat_policy=p), 524_288, mesh, target) for p in REMAT_POLICIES}
+    # At 512K attention is most of the step: keeping its output saves more than keeping the dots.
+    assert seconds["none"] == seconds["save_dots_attention"] < seconds["save_attention"] < seconds["save_dots"] < seconds["full"]
