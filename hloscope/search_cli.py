@@ -16,9 +16,10 @@ from hloscope.targets import DEFAULT_MARGIN, TARGETS, check_gpu_aot, get_target
 from hloscope.versions import toolchain_versions
 from reftrain.config import REMAT_POLICIES
 
-# Full remat, and the two that skip a recompute: attention's (save_attention, 8 KiB a token and
-# layer) and the matmuls' (save_dots); --remat may name any of REMAT_POLICIES (reftrain.remat).
-REMAT_OPTIONS = ("full", "save_attention", "save_dots")
+# Full remat; save_attention, which skips attention's recompute for 8 KiB a token and layer; and
+# save_dots_attention, which skips all but elementwise work (the fastest on an H200:
+# analyses/results/speed_vs_anchor.md). --remat may name any of REMAT_POLICIES (reftrain.remat).
+REMAT_OPTIONS = ("full", "save_attention", "save_dots_attention")
 
 def _memory_budget(text: str) -> int:
     try:
