@@ -21,6 +21,7 @@ from reftrain.config import REMAT_POLICIES
 # analyses/results/speed_vs_anchor.md). --remat may name any of REMAT_POLICIES (reftrain.remat).
 REMAT_OPTIONS = ("full", "save_attention", "save_dots_attention")
 
+
 def _memory_budget(text: str) -> int:
     try:
         return parse_size(text)

@@ -17,9 +17,9 @@ from jax.sharding import PartitionSpec as P
 
 from hloscope.programs.paper_attention import paper_ring_attention
 from reftrain.config import PRESETS, REMAT_POLICIES, ModelConfig
-from reftrain.remat import remat_policy
 from reftrain.layers import DecoderLayer, register_attention
 from reftrain.phases import get_phase
+from reftrain.remat import remat_policy
 from reftrain.rope import rope_tables
 from reftrain.sharding import AXES, activation_spec, batch_spec, param_shardings
 from reftrain.train.optim import make_optimizer
