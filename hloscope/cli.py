@@ -20,7 +20,6 @@ from typing import Any
 from hloscope.errors import OneLineParser, UserError
 from hloscope.targets import TARGETS, MissingGpuAotError, UnknownTargetError, check_gpu_aot, get_target
 from hloscope.units import human_bytes, parse_size
-from reftrain.config import REMAT_POLICIES
 
 # The built-in programs' options that have flags of their own; any program receives those given.
 _OPTION_FLAGS = {
@@ -35,7 +34,8 @@ _OPTION_FLAGS = {
     "kernel": (str, "reftrain's attention kernel: auto (cuDNN for GPU targets), xla or cudnn"),
     "document_block": (int, "GPU targets: cuDNN runs a shard with itself under documents in blocks of this many tokens (0: one call)"),
     "model": (str, "layer/train-step: reftrain preset (default mistral-7b)"),
-    "remat": (str, f"layer/train-step: {', '.join(REMAT_POLICIES)} (default full; reftrain.remat says what each keeps)"),
+    "remat": (str, "layer/train-step: a reftrain.remat policy such as full (default), save_attention, "
+                   "save_dots_attention or none (docs/model.md)"),
     "attention": (str, "layer/train-step: ours or paper (default ours)"),
     "layers": (int, "layer/train-step: number of layers (default: the preset's)"),
 }

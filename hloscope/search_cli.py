@@ -14,11 +14,11 @@ from hloscope.units import gib, parse_size
 from hloscope.errors import UserError
 from hloscope.targets import DEFAULT_MARGIN, TARGETS, check_gpu_aot, get_target
 from hloscope.versions import toolchain_versions
-from reftrain.config import REMAT_POLICIES
 
 # Full remat; save_attention, which skips attention's recompute for 8 KiB a token and layer; and
 # save_dots_attention, which skips all but elementwise work (the fastest on an H200:
-# analyses/results/speed_vs_anchor.md). --remat may name any of REMAT_POLICIES (reftrain.remat).
+# analyses/results/speed_vs_anchor.md). --remat may name any of reftrain.config.REMAT_POLICIES
+# (imported when a search runs: `hloscope --help` loads no trainer).
 REMAT_OPTIONS = ("full", "save_attention", "save_dots_attention")
 
 
@@ -40,7 +40,7 @@ def add_parser(commands) -> None:
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="fraction of memory kept free (docs/search.md)")
     p.add_argument("--q-chunks", default="512,1024,2048,4096,8192")
     p.add_argument("--kv-chunks", default="512,1024,2048,4096,8192")
-    p.add_argument("--remat", default=",".join(REMAT_OPTIONS), help=f"remat policies to try, of: {', '.join(REMAT_POLICIES)}")
+    p.add_argument("--remat", default=",".join(REMAT_OPTIONS), help="reftrain.remat policies to try (docs/model.md)")
     p.add_argument("--mesh", default="", help="fixed axes, e.g. fsdp=2 (sp takes the remaining devices)")
     p.add_argument("--document-block", type=int, default=None,
                    help="GPU targets: cuDNN runs a shard with itself under documents in blocks of this many "
@@ -65,6 +65,8 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _remats(text: str) -> tuple[str, ...]:
+    from reftrain.config import REMAT_POLICIES
+
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = [v for v in values if v not in REMAT_POLICIES]
     if not values or unknown:

@@ -26,7 +26,7 @@ PLAN = {"schema": "hloscope.plan/1", "model": "tiny", "seq_len": 128, "mesh": {"
         ({"model": 7}, "plan model must be a string, got 7"),
         ({"mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": "8"}}, "plan mesh must be a mapping of a string to an integer"),
         ({"predicted": [1, 2]}, "plan predicted must be a mapping"),
-        ({"remat_policy": "most"}, "plan remat_policy must be one of full, save_dots, none"),
+        ({"remat_policy": "most"}, "plan remat_policy must be one of full, save_attention, save_qkv_attention, save_dots"),
         ({"q_chunk": 0}, "plan q_chunk must be positive"),
         ({"document_block": "4096"}, "plan document_block must be an integer"),
     ],
