@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 virtual CPU devices (set before jax is imported) and hypothesis profiles."""
+"""Test-wide setup: 8 virtual CPU devices (set before jax is imported), hypothesis profiles, and
+the `gpu_aot` fixture."""
 
 import os
 
@@ -7,6 +8,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 # Every example of an attention property compiles a new program (seconds on 2 cores), so the
@@ -20,3 +22,14 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=200, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def gpu_aot():
+    """Skips a test that compiles for a GPU target where the gpu-aot extra is missing."""
+    from hloscope.targets import MissingGpuAotError, check_gpu_aot
+
+    try:
+        check_gpu_aot()
+    except MissingGpuAotError as missing:
+        pytest.skip(str(missing))

@@ -7,21 +7,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from hloscope.targets import MissingGpuAotError, check_gpu_aot
 from hloscope.cudnn_workspace import BACKWARD, FORWARD, backward_bytes, forward_bytes, modelled_bytes
 from hloscope.profiling import profile_program
 from hloscope.programs import program_options
 
 PROBE = Path(__file__).resolve().parents[2] / "analyses" / "results" / "cudnn_workspace_h100.json"
-
-
-@pytest.fixture
-def gpu_aot():
-    """Skips a test that compiles for a GPU target where the gpu-aot extra is missing."""
-    try:
-        check_gpu_aot()
-    except MissingGpuAotError as missing:
-        pytest.skip(str(missing))
 
 
 def test_model_matches_every_probed_call():

@@ -84,16 +84,6 @@ def test_every_policy_gives_the_same_gradients():
                                        err_msg=policy)
 
 
-@pytest.fixture
-def gpu_aot():
-    from hloscope.targets import MissingGpuAotError, check_gpu_aot
-
-    try:
-        check_gpu_aot()
-    except MissingGpuAotError as missing:
-        pytest.skip(str(missing))
-
-
 @pytest.mark.usefixtures("gpu_aot")
 def test_keeping_attention_output_skips_the_cudnn_forward_in_the_backward():
     """Deviceless H100 compile of the 2-layer train step at 4K: full remat runs cuDNN's forward
