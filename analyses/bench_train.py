@@ -47,9 +47,11 @@ def _timed(fn, *args, runs: int = 5):
 def _config(case: dict):
     from reftrain.config import get_config
 
-    return get_config("mistral-7b").replace(
+    config = get_config("mistral-7b").replace(
         num_layers=case["layers"], remat_policy=case["remat"], attention_kernel=case["kernel"], rope_theta=75e6
     )
+    # Rows saved before --document-block ran the model's default, which they record as absent.
+    return config if case.get("document_block") is None else config.replace(document_block=case["document_block"])
 
 
 def _document_lengths(length: int, rng) -> list[int]:
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                         "with REMAT=full and none at each length, in the same run, and give tokens/s against its faster one")
     parser.add_argument("--documents", nargs="+", type=int, default=[0, 1], help="1: packed documents (segment ids)")
     parser.add_argument("--kernel", default="auto", choices=["auto", "xla", "cudnn"])
+    parser.add_argument("--document-block", type=int, help="cuDNN with documents: blocks of a shard with itself "
+                        "(0: one call; default: the model's)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--name", default="bench_train")
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for remat in args.remat:
             for documents in args.documents:
                 case = {"length": length, "layers": args.layers, "remat": remat, "documents": bool(documents),
-                        "kernel": args.kernel, "steps": args.steps}
+                        "kernel": args.kernel, "steps": args.steps, "document_block": args.document_block}
                 row = run_isolated([__file__, "--one", json.dumps(case)], case, timeout=args.timeout)
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -1,61 +1,155 @@
-"""A documented model of one training step's time, to rank candidates that fit.
+"""A model of one training step's time, fitted to steps measured on an H200, to rank candidates.
 
-XLA:GPU compiled deviceless reports no cost analysis, so hloscope predicts instead:
+XLA:GPU compiled deviceless reports no cost analysis, so hloscope counts the work of the busiest
+device and prices it with coefficients fitted to measured steps (`speed_fit.json` beside this
+file, written by `analyses/fit_speed_model.py` from `analyses/bench_train.py` rows):
 
-    time = (matmul FLOPs x remat factor + attention FLOPs of the busiest device) / (peak x 0.5)
-           + blocks x 5 us
+    time = matmul FLOPs / (peak x matmul efficiency) + attention FLOPs / (peak x attention
+           efficiency) + attention kernel calls x seconds per call + fixed seconds
 
-* matmul FLOPs: 6 x matmul parameters x tokens per device (forward 2, backward 4); a remat
-  policy that recomputes the matmuls (RECOMPUTED) multiplies them by 8/6.
-* attention: 4 x q_chunk x kv_chunk x q_heads x head_dim per computed (Q, KV) block, forward,
-  recomputed forward where the policy does not keep attention's output, and 2.5x for the
-  backward, for every layer. Blocks hidden by the causal mask are skipped, but a block that straddles the diagonal is computed
-  whole, so larger chunks waste more. The busiest device of a contiguous ring (the last) sees
-  sp - 1 whole shards plus its own diagonal shard.
-* 0.5 is the fraction of peak a good step sustains (MEASUREMENTS.md: 42-44% MFU on H100);
-  5 us per block is the loop, slicing and launch overhead that makes tiny chunks slow.
+* matmul FLOPs: 6 x matmul parameters x tokens per device (forward 2, backward 4), plus 2 x the
+  forward matmuls a remat policy runs again in the backward (RECOMPUTED names them: a layer's
+  backward needs q, k, v for attention's gradient and h = x + o(attention) for the MLP's
+  norm, so full remat recomputes every projection but `down`, whose output only feeds the
+  residual).
+* attention FLOPs: 4 x query heads x head_dim per attended (query, key) pair forward, the
+  forward again where the policy does not keep attention's output, 2.5x the forward for the
+  backward (five matmuls to the forward's two). cuDNN skips masked tiles, so the pairs are the
+  causal ones, within documents where the row holds documents; the busiest device of a
+  contiguous ring sees sp - 1 whole shards and its own diagonal. Our XLA kernel computes whole
+  (q_chunk, kv_chunk) blocks and skips only blocks the causal mask hides entirely; each block
+  also costs XLA_BLOCK_SECONDS of loop and launch overhead (not fitted: GPUs run cuDNN).
+* calls: cuDNN calls per step (ring steps, document groups of `max_documents`, the blocks of
+  `document_block`): what makes many small calls slower than one large one (docs/gpu.md).
 
-Only the ranking matters; docs/search.md states the model and its limits.
+Efficiencies are fractions of the device's dense bf16 peak, so one fit prices every GPU kind
+(an assumption: it was measured on an H200 only). Communication is not modelled: on one
+device it is none; on several, ring steps overlap it with compute (docs/search.md).
 """
 
 from __future__ import annotations
 
-from reftrain.config import ModelConfig
-from reftrain.flops import matmul_parameters, peak_flops_of_kind
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
 
-# Per remat policy (reftrain.remat): does the backward run the matmuls' forward again, and
-# attention's? Rounded: save_attention still skips the o and down projections' forward.
+from reftrain.config import ModelConfig
+from reftrain.flops import peak_flops_of_kind
+
+# Per remat policy (reftrain.remat): the projections whose forward the backward runs again,
+# and whether attention's forward runs again.
+_ALL_BUT_DOWN = ("q", "k", "v", "o", "gate", "up")
 RECOMPUTED = {
-    "full": (True, True),
-    "offload_layer_inputs": (True, True),
-    "save_attention": (True, False),
-    "save_qkv_attention": (True, False),
-    "save_dots": (False, True),  # attention is a cuDNN call or loops, not a dot
-    "save_dots_attention": (False, False),
-    "none": (False, False),
+    "full": (_ALL_BUT_DOWN, True),
+    "offload_layer_inputs": (_ALL_BUT_DOWN, True),
+    "save_attention": (_ALL_BUT_DOWN, False),
+    "save_qkv_attention": (("o", "gate", "up"), False),
+    "save_dots": ((), True),  # attention is a cuDNN call or loops, not a dot
+    "save_dots_attention": ((), False),
+    "none": ((), False),
 }
 CPU_PEAK_FLOPS = 1e11  # targets without a datasheet peak (reftrain/flops.py has the GPUs')
-SUSTAINED = 0.5
-BLOCK_OVERHEAD_S = 5e-6
+BACKWARD_OVER_FORWARD = 2.5
+XLA_BLOCK_SECONDS = 5e-6
+FIT_PATH = Path(__file__).with_name("speed_fit.json")
+
+
+@dataclass(frozen=True)
+class SpeedFit:
+    """Coefficients of the model; `source` says what they were fitted to."""
+
+    matmul_efficiency: float
+    attention_efficiency: float
+    seconds_per_call: float
+    fixed_seconds: float
+    source: str = ""
+
+
+def load_fit(path: Path = FIT_PATH) -> SpeedFit:
+    raw = json.loads(path.read_text())
+    return SpeedFit(**{name: raw[name] for name in SpeedFit.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """What one step asks of its busiest device: FLOPs executed (recompute included) and calls."""
+
+    matmul_flops: float
+    attention_flops: float
+    attention_calls: int
+    peak_flops: float
+    xla_blocks: int = 0
+
+    def seconds(self, fit: SpeedFit) -> float:
+        return (self.matmul_flops / (self.peak_flops * fit.matmul_efficiency)
+                + self.attention_flops / (self.peak_flops * fit.attention_efficiency)
+                + self.attention_calls * fit.seconds_per_call + self.xla_blocks * XLA_BLOCK_SECONDS
+                + fit.fixed_seconds)
+
+
+def _projection_parameters(c: ModelConfig) -> dict[str, int]:
+    return {"q": c.hidden_size * c.num_q_heads * c.head_dim, "k": c.hidden_size * c.num_kv_heads * c.head_dim,
+            "v": c.hidden_size * c.num_kv_heads * c.head_dim, "o": c.num_q_heads * c.head_dim * c.hidden_size,
+            "gate": c.hidden_size * c.intermediate_size, "up": c.hidden_size * c.intermediate_size,
+            "down": c.intermediate_size * c.hidden_size}
 
 
 def _diagonal_blocks(length: int, q_chunk: int, kv_chunk: int) -> int:
-    """Computed blocks of one shard attending to itself under the causal mask."""
+    """Blocks our XLA kernel computes for a shard with itself: all but those the causal mask
+    hides entirely."""
     return sum(((i + 1) * q_chunk - 1) // kv_chunk + 1 for i in range(length // q_chunk))
 
 
-def predicted_seconds(config: ModelConfig, seq: int, mesh: dict[str, int], target) -> float:
-    """Predicted seconds of one optimizer step (one sequence of `seq` tokens per batch row)."""
-    sp = mesh["sp"]
-    devices = sp * mesh["dp"] * mesh["fsdp"] * mesh["tp"]
-    local = seq // sp
+def step_work(config: ModelConfig, seq: int, mesh: dict[str, int], device_kind: str, platform: str,
+              documents: list[int] | None = None) -> StepWork:
+    """The work of one step of one `seq`-token row per batch (`documents`: the row's document
+    lengths; None: one document) on the busiest device of `mesh`."""
     c = config
-    matmul_params = matmul_parameters(c)  # reftrain's one FLOPs formula (reftrain/flops.py)
-    matmuls_again, attention_again = RECOMPUTED[c.remat_policy]
-    matmul_flops = 6 * matmul_params * seq / devices * (8 / 6 if matmuls_again else 1.0)
-    blocks = (sp - 1) * (local // c.q_chunk) * (local // c.kv_chunk) + _diagonal_blocks(local, c.q_chunk, c.kv_chunk)
-    passes = 1 + (1 if attention_again else 0) + 2.5
-    heads_here = c.num_q_heads / mesh["tp"]
-    attention_flops = blocks * 4 * c.q_chunk * c.kv_chunk * heads_here * c.head_dim * passes * c.num_layers
-    peak = peak_flops_of_kind(target.device_kind) or CPU_PEAK_FLOPS
-    return (matmul_flops + attention_flops) / (peak * SUSTAINED) + blocks * c.num_layers * BLOCK_OVERHEAD_S
+    sp, tp = mesh["sp"], mesh["tp"]
+    devices = math.prod(mesh.values())
+    local = seq // sp
+    projections = _projection_parameters(c)
+    again, attention_again = RECOMPUTED[c.remat_policy]
+    layer_tokens = c.num_layers * seq / devices
+    matmul = (6 * sum(projections.values()) + 2 * sum(projections[name] for name in again)) * layer_tokens
+    matmul += 6 * c.hidden_size * c.vocab_size * seq / devices  # the output head (not rematerialised)
+    cudnn = c.attention_kernel == "cudnn" or (c.attention_kernel == "auto" and platform == "cuda")
+    lengths = list(documents) if documents else [seq]
+    if cudnn:
+        # Causal pairs within documents, shared over the ring; with one document the last
+        # device of a contiguous ring has sp - 1 whole shards and its own causal diagonal.
+        within = sum(n * (n + 1) / 2 for n in lengths)
+        if len(lengths) == 1 and c.sequence_layout == "contiguous" and sp > 1:
+            pairs = (sp - 1) * local * local + local * (local + 1) / 2
+        else:
+            pairs = within / sp
+        calls_per_pass, blocks = _cudnn_calls(c, local, sp, lengths), 0
+    else:
+        blocks = (sp - 1) * (local // c.q_chunk) * (local // c.kv_chunk) + _diagonal_blocks(local, c.q_chunk, c.kv_chunk)
+        pairs, calls_per_pass = blocks * c.q_chunk * c.kv_chunk, 0
+    passes = 1 + (1 if attention_again else 0) + BACKWARD_OVER_FORWARD
+    heads = c.num_q_heads / tp
+    attention = 4 * pairs * heads * c.head_dim * passes * c.num_layers
+    calls = int(calls_per_pass * c.num_layers * (passes - BACKWARD_OVER_FORWARD + 1))
+    peak = peak_flops_of_kind(device_kind) or CPU_PEAK_FLOPS
+    return StepWork(matmul, attention, calls, peak, blocks * c.num_layers)
+
+
+def _cudnn_calls(c: ModelConfig, local: int, sp: int, lengths: list[int]) -> int:
+    """cuDNN calls of one attention pass on one device: one per ring step, and with documents
+    one per group of `max_documents` documents in each block pair of `document_block`."""
+    if len(lengths) == 1:
+        return sp
+    block = c.document_block or local
+    blocks = max(local // block, 1)
+    documents_per_block = max(len(lengths) / sp / blocks, 1)
+    groups = math.ceil(documents_per_block / c.max_documents)
+    return (sp - 1) + groups * blocks * (blocks + 1) // 2
+
+
+def predicted_seconds(config: ModelConfig, seq: int, mesh: dict[str, int], target,
+                      documents: list[int] | None = None, fit: SpeedFit | None = None) -> float:
+    """Predicted seconds of one optimizer step on `target` (hloscope.targets.Target)."""
+    work = step_work(config, seq, mesh, target.device_kind, target.platform, documents)
+    return work.seconds(fit or load_fit())
