@@ -1,9 +1,14 @@
-"""`hloscope search`: compile reftrain's train step for each (Q chunk, KV chunk, remat) candidate,
-keep those that fit the device budget with a safety margin, choose the fastest predicted.
+"""`hloscope search`: compile reftrain's train step for candidate execution settings (remat policy,
+cuDNN's document block, the tp/sp split and the ring's layout; Q/KV chunks only where our XLA
+kernel runs attention), keep those that fit the device budget with a safety margin, choose the
+fastest predicted.
 
-Each candidate compiles in its own worker process (a crash or OOM is recorded, never fatal),
-several at once where cores allow, and its outcome is cached on disk by (program, arguments,
-jax and jaxlib versions, target). docs/search.md gives the margin and the speed model.
+Candidates are compiled in order of predicted step time (hloscope.speed, fitted to measured
+steps) and the search stops at the first round with one that fits: a slower candidate cannot be
+chosen, so it is not compiled. Each candidate compiles in its own worker process (a crash or
+OOM is recorded, never fatal), several at once where cores allow, and its outcome is cached on
+disk by (program, arguments, jax and jaxlib versions, target). docs/search.md gives the margin
+and the speed model.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ class Candidate:
     q_chunk: int
     kv_chunk: int
     remat: str
+    document_block: int = 16384
+    tp: int = 1
+    layout: str = "contiguous"
+
+    def shape(self, base: ModelStepShape) -> ModelStepShape:
+        return ModelStepShape(**{**asdict(base), "q_chunk": self.q_chunk, "kv_chunk": self.kv_chunk, "remat": self.remat,
+                                 "document_block": self.document_block, "tp": self.tp, "layout": self.layout})
 
 
 @dataclass
@@ -40,7 +52,7 @@ class Outcome:
     """One compiled candidate: status, per-device figures, fit, and predicted step time."""
 
     candidate: Candidate
-    status: str  # ok, error, crashed, oom, timeout
+    status: str  # ok, error, crashed, oom, timeout, skipped (a faster candidate fits)
     error: str | None = None
     figures: dict[str, int] = field(default_factory=dict)
     fits: bool = False
@@ -58,15 +70,23 @@ class Outcome:
         return cls(**{**raw, "candidate": Candidate(**raw["candidate"])})
 
 
-def candidates(local_len: int, remats: tuple[str, ...], q_options=CHUNK_OPTIONS, kv_options=CHUNK_OPTIONS) -> list[Candidate]:
-    """(q, kv, remat) with both chunks dividing the local length and kv_chunk >= q_chunk."""
-    return [
-        Candidate(q, kv, remat)
-        for remat in remats
-        for q in q_options
-        for kv in kv_options
-        if q <= local_len and kv <= local_len and local_len % q == 0 and local_len % kv == 0 and kv >= q
-    ]
+def candidates(local_by_tp: dict[int, int], remats: tuple[str, ...], q_options=CHUNK_OPTIONS, kv_options=CHUNK_OPTIONS, *,
+               blocks: tuple[int, ...] = (16384,), layouts: tuple[str, ...] = ("contiguous",),
+               cudnn: bool = False) -> list[Candidate]:
+    """Every (chunks, remat, document block, tp, layout) with both chunks dividing the local length
+    (`local_by_tp[tp]`: tokens per device on the mesh with that tp) and kv_chunk >= q_chunk. Where
+    cuDNN runs attention the chunks do not change the step (only the first pair is kept) and the
+    document block does (elsewhere it is unused: the blocks are kept as given)."""
+    out = []
+    for tp, local in local_by_tp.items():
+        pairs = [(q, kv) for q in q_options for kv in kv_options
+                 if q <= local and kv <= local and local % q == 0 and local % kv == 0 and kv >= q]
+        # Under cuDNN a block at least the shard's length is one call: keep one of them.
+        usable_blocks = sorted({0 if block >= local else block for block in blocks}) if cudnn else blocks
+        for q, kv in pairs[-1:] if cudnn else pairs:  # under cuDNN: the largest, fewest loop steps elsewhere
+            out += [Candidate(q, kv, remat, block, tp, layout)
+                    for remat in remats for block in usable_blocks for layout in layouts]
+    return out
 
 
 def cache_dir() -> Path:
@@ -92,13 +112,20 @@ def _cache_key(program: str, kwargs: dict, target: str, devices: int) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def predict(shape: ModelStepShape, target: str, devices: int, documents: int = 0) -> float:
+    """Predicted step seconds of `shape` with `documents` equal documents per row (0: one)."""
+    shape = shape.resolved()
+    lengths = [shape.seq // documents] * documents if documents else None
+    return predicted_seconds(shape.config(), shape.seq, shape.mesh_sizes(devices), get_target(target), documents=lengths)
+
+
 def evaluate(
     shape: ModelStepShape, target: str, devices: int, budget: int | None, margin: float, *,
-    timeout_s: float = 600, use_cache: bool = True,
+    timeout_s: float = 600, use_cache: bool = True, documents: int = 0, host_budget: int | None = None,
 ) -> Outcome:
-    """Compiles the train step of `shape` for `target` and judges it against the budget."""
+    """Compiles the train step of `shape` for `target` and judges it against the budgets."""
     shape = shape.resolved()
-    candidate = Candidate(shape.q_chunk, shape.kv_chunk, shape.remat)
+    candidate = Candidate(shape.q_chunk, shape.kv_chunk, shape.remat, shape.document_block, shape.tp, shape.layout)
     kwargs = {"program": "train-step", "options": asdict(shape), "mesh": None}
     path = cache_dir() / f"{_cache_key('train-step', kwargs, target, devices)}.json"
     if use_cache and path.exists():
@@ -111,18 +138,26 @@ def evaluate(
         if result.ok:
             memory = result.memory or {}
             outcome.figures = {k: int(memory[k]) for k in ("xla_total", "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes") if k in memory}
+            outcome.figures["host_total"] = host_total(memory)
         if result.status in ("ok", "oom"):  # a deterministic outcome; errors and crashes are retried
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(outcome.to_dict()))
     if outcome.status == "ok":
         total = outcome.figures["xla_total"]
         usable = None if budget is None else int(budget * (1 - margin))
-        outcome.fits = usable is None or total <= usable
+        outcome.fits = (usable is None or total <= usable) and (
+            host_budget is None or outcome.figures.get("host_total", 0) <= host_budget)
         outcome.headroom_bytes = None if usable is None else usable - total
-        outcome.predicted_s = predicted_seconds(shape.config(), shape.seq, shape.mesh_sizes(devices), get_target(target))
+        outcome.predicted_s = predict(shape, target, devices, documents)
     else:
         outcome.fits, outcome.headroom_bytes, outcome.predicted_s = False, None, None
     return outcome
+
+
+def host_total(memory: dict) -> int:
+    """Host memory per device that XLA places (offloaded residuals): argument + output + temp - alias."""
+    return sum(int(memory.get(f"host_{k}_size_in_bytes") or 0) for k in ("argument", "output", "temp")) - int(
+        memory.get("host_alias_size_in_bytes") or 0)
 
 
 def choose(outcomes: list[Outcome]) -> Outcome | None:
@@ -136,25 +171,43 @@ def choose(outcomes: list[Outcome]) -> Outcome | None:
 def run_search(
     base: ModelStepShape, target: str, devices: int, cands: list[Candidate], *, budget: int | None,
     margin: float = DEFAULT_MARGIN, jobs: int = 1, timeout_s: float = 600, use_cache: bool = True,
-    on_done: Callable[[Outcome], None] | None = None,
+    on_done: Callable[[Outcome], None] | None = None, documents: int = 0, host_budget: int | None = None,
+    exhaustive: bool = False,
 ) -> list[Outcome]:
-    """Evaluates every candidate (in `jobs` parallel workers); returns outcomes in input order."""
+    """Evaluates candidates fastest-predicted first, `jobs` at a time, and stops after the first
+    round in which one fits (the rest are `skipped`: slower than one that fits), unless
+    `exhaustive`. Returns outcomes in input order."""
 
     def one(candidate: Candidate) -> Outcome:
-        shape = ModelStepShape(**{**asdict(base), "q_chunk": candidate.q_chunk, "kv_chunk": candidate.kv_chunk, "remat": candidate.remat})
-        outcome = evaluate(shape, target, devices, budget, margin, timeout_s=timeout_s, use_cache=use_cache)
+        outcome = evaluate(candidate.shape(base), target, devices, budget, margin, timeout_s=timeout_s,
+                           use_cache=use_cache, documents=documents, host_budget=host_budget)
         if on_done:
             on_done(outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, cands))
+    predicted = {c: predict(c.shape(base), target, devices, documents) for c in cands}
+    # On a tie (no documents to rank blocks by), a block before one whole-shard call: less memory.
+    order = sorted(cands, key=lambda c: (predicted[c], c.document_block == 0))
+    outcomes: dict[Candidate, Outcome] = {}
+    rounds = max(1, jobs)
+    with ThreadPoolExecutor(max_workers=rounds) as pool:
+        for start in range(0, len(order), rounds):
+            for outcome in pool.map(one, order[start:start + rounds]):
+                outcomes[outcome.candidate] = outcome
+            if not exhaustive and any(o.fits for o in outcomes.values()):
+                break
+    for c in cands:
+        if c not in outcomes:
+            outcomes[c] = Outcome(c, "skipped", predicted_s=predicted[c])
+            if on_done:
+                on_done(outcomes[c])
+    return [outcomes[c] for c in cands]
 
 
 def longest_fitting(
     base: ModelStepShape, target: str, devices: int, cands: list[Candidate], *, budget: int,
     margin: float, step: int, upper: int, jobs: int = 1, timeout_s: float = 600, use_cache: bool = True,
-    on_probe: Callable[[int, Outcome | None], None] | None = None,
+    on_probe: Callable[[int, Outcome | None], None] | None = None, documents: int = 0, host_budget: int | None = None,
 ) -> tuple[int | None, Outcome | None]:
     """Binary-searches the longest multiple of `step` in [step, upper] at which some candidate fits.
 
@@ -165,10 +218,12 @@ def longest_fitting(
     while lo <= hi:
         mid = (lo + hi) // 2
         seq = mid * step
-        local = seq // ModelStepShape(**asdict(base)).mesh_sizes(devices)["sp"]
-        usable = [c for c in cands if local % c.q_chunk == 0 and local % c.kv_chunk == 0]
-        outcomes = run_search(ModelStepShape(**{**asdict(base), "seq": seq}), target, devices, usable,
-                              budget=budget, margin=margin, jobs=jobs, timeout_s=timeout_s, use_cache=use_cache)
+        at_seq = ModelStepShape(**{**asdict(base), "seq": seq})
+        local = {c: seq // c.shape(at_seq).mesh_sizes(devices)["sp"] for c in cands}
+        usable = [c for c in cands if local[c] % c.q_chunk == 0 and local[c] % c.kv_chunk == 0]
+        outcomes = run_search(at_seq, target, devices, usable,
+                              budget=budget, margin=margin, jobs=jobs, timeout_s=timeout_s, use_cache=use_cache,
+                              documents=documents, host_budget=host_budget)
         chosen = choose(outcomes)
         if on_probe:
             on_probe(seq, chosen)

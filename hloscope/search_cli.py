@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.table import Table
@@ -22,31 +22,41 @@ from hloscope.versions import toolchain_versions
 REMAT_OPTIONS = ("full", "save_attention", "save_dots_attention")
 
 
-def _memory_budget(text: str) -> int:
+def _memory_budget(text: str, flag: str = "--memory") -> int:
     try:
         return parse_size(text)
     except ValueError as error:
-        raise ValueError(f"--memory: {error}") from None
+        raise ValueError(f"{flag}: {error}") from None
 
 
 def add_parser(commands) -> None:
-    p = commands.add_parser("search", help="search Q/KV chunks and remat for reftrain's train step; write plan.json")
+    p = commands.add_parser("search", help="search remat, document block, mesh split and layout (and Q/KV chunks "
+                                           "where our XLA kernel runs) for reftrain's train step; write plan.json")
     p.add_argument("--model", default="mistral-7b", help="reftrain preset")
+    p.add_argument("--layers", type=int, help="decoder layers (default: the preset's), e.g. to fit one GPU")
     p.add_argument("--seq", type=int, default=524_288, help="global sequence length (tokens)")
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--target", default="a100-80gb", help=f"one of: {', '.join(sorted(TARGETS))}")
     p.add_argument("--out", type=Path, help="write the chosen plan here")
     p.add_argument("--memory", help="device memory budget (default: the target's; required for cpu), e.g. 80GiB")
+    p.add_argument("--host-memory", help="host memory budget per device for offloaded residuals (default: unchecked)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="fraction of memory kept free (docs/search.md)")
-    p.add_argument("--q-chunks", default="512,1024,2048,4096,8192")
+    p.add_argument("--q-chunks", default="512,1024,2048,4096,8192", help="only where our XLA kernel runs attention "
+                   "(cpu targets, --kernel xla); under cuDNN the chunks do not change the step")
     p.add_argument("--kv-chunks", default="512,1024,2048,4096,8192")
+    p.add_argument("--kernel", default="auto", choices=("auto", "xla", "cudnn"), help="reftrain's attention_kernel")
     p.add_argument("--remat", default=",".join(REMAT_OPTIONS), help="reftrain.remat policies to try (docs/model.md)")
     p.add_argument("--mesh", default="", help="fixed axes, e.g. fsdp=2 (sp takes the remaining devices)")
-    p.add_argument("--document-block", type=int, default=None,
-                   help="GPU targets: cuDNN runs a shard with itself under documents in blocks of this many "
-                        "tokens (0: one call, whose memory grows with the shard; default: the model's, 16384: "
-                        "docs/gpu.md)")
-    p.add_argument("--max-seq", action="store_true", help="also binary-search the longest sequence that fits")
+    p.add_argument("--tp", default="1", help="tensor-parallel sizes to try (sp takes the rest), e.g. 1,2,4,8; the speed "
+                   "model does not price communication, so tp is searched only when asked")
+    p.add_argument("--layouts", default="contiguous,zigzag", help="ring layouts to try where sp > 1")
+    p.add_argument("--document-blocks", default="16384,0",
+                   help="GPU targets: cuDNN runs a shard with itself under documents in blocks of these many "
+                        "tokens (0: one call, faster and larger; docs/gpu.md)")
+    p.add_argument("--documents", type=int, default=0,
+                   help="documents per sequence in your data, to rank candidates by (0: one document a row)")
+    p.add_argument("--max-seq", action="store_true", help="also binary-search the longest sequence that fits; "
+                   "the plan is then for that length")
     p.add_argument("--max-seq-limit", type=int, help="upper end of that search (default 4 x --seq)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="compiles at once")
     p.add_argument("--timeout", type=float, default=600, help="per-candidate compile limit, seconds")
@@ -54,13 +64,20 @@ def add_parser(commands) -> None:
     p.set_defaults(run=run)
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
+def _ints(text: str, flag: str, smallest: int = 1) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
-    if not values or min(values) <= 0:
-        raise ValueError(f"{flag} {text!r}: expected positive integers")
+    if not values or min(values) < smallest:
+        raise ValueError(f"{flag} {text!r}: expected integers >= {smallest}")
+    return values
+
+
+def _layouts(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values or not set(values) <= {"contiguous", "zigzag"}:
+        raise ValueError(f"--layouts {text!r}: expected comma-separated layouts of contiguous, zigzag")
     return values
 
 
@@ -87,13 +104,17 @@ def _mesh(text: str) -> dict[str, int]:
 def _table(outcomes: list, chosen, budget: int | None, margin: float) -> Table:
     usable = f"{gib(budget * (1 - margin))} usable of {gib(budget)}" if budget else "no budget"
     table = Table(title=f"train-step candidates (xla_total per device; {usable})")
-    for column in ("q", "kv", "remat", "status", "xla_total", "temp", "fits", "headroom", "pred. step", "remat warnings", ""):
-        table.add_column(column, justify="right" if column in ("q", "kv", "xla_total", "temp", "headroom", "pred. step") else "left")
-    for o in sorted(outcomes, key=lambda o: (not o.fits, o.predicted_s or 1e30)):
+    numeric = ("q", "kv", "block", "tp", "xla_total", "temp", "host", "headroom", "pred. step")
+    for column in ("q", "kv", "remat", "block", "tp", "layout", "status", "xla_total", "temp", "host", "fits", "headroom",
+                   "pred. step", "remat warnings", ""):
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for o in sorted(outcomes, key=lambda o: (not o.fits, o.status == "skipped", o.predicted_s or 1e30)):
+        c = o.candidate
         table.add_row(
-            str(o.candidate.q_chunk), str(o.candidate.kv_chunk), o.candidate.remat, o.status + (" (cached)" if o.cached else ""),
-            gib(o.figures.get("xla_total")), gib(o.figures.get("temp_size_in_bytes")),
-            "yes" if o.fits else "no", gib(o.headroom_bytes),
+            str(c.q_chunk), str(c.kv_chunk), c.remat, str(c.document_block), str(c.tp), c.layout,
+            o.status + (" (cached)" if o.cached else ""),
+            gib(o.figures.get("xla_total")), gib(o.figures.get("temp_size_in_bytes")), gib(o.figures.get("host_total")),
+            "yes" if o.fits else ("-" if o.status == "skipped" else "no"), gib(o.headroom_bytes),
             f"{o.predicted_s:.2f} s" if o.predicted_s else "-", str(len(o.remat_warnings)), "<- chosen" if o is chosen else "",
         )
     return table
@@ -113,15 +134,30 @@ def run(args: argparse.Namespace) -> int:
     try:
         target = get_target(args.target)
         budget = _memory_budget(args.memory) if args.memory else target.memory_bytes
+        host_budget = _memory_budget(args.host_memory, "--host-memory") if args.host_memory else None
         fixed = _mesh(args.mesh)
-        block = {} if args.document_block is None else {"document_block": args.document_block}
-        base = ModelStepShape(model=args.model, seq=args.seq, **block, **fixed)
-        sizes = base.mesh_sizes(args.devices)
-        local = args.seq // sizes["sp"] if sizes["sp"] else 0
-        cands = candidates(local, _remats(args.remat), _ints(args.q_chunks, "--q-chunks"), _ints(args.kv_chunks, "--kv-chunks"))
+        tps = (fixed.pop("tp"),) if "tp" in fixed else _ints(args.tp, "--tp")
+        if args.layers is not None and args.layers < 1:
+            raise ValueError(f"--layers must be positive, got {args.layers}")
+        if args.documents < 0:
+            raise ValueError(f"--documents must be >= 0, got {args.documents}")
+        base = ModelStepShape(model=args.model, seq=args.seq, layers=args.layers, kernel=args.kernel, **fixed)
+        local_by_tp = {}
+        for tp in tps:
+            sizes = ModelStepShape(**{**asdict(base), "tp": tp}).mesh_sizes(args.devices)
+            if sizes["sp"] < 1 or args.seq % sizes["sp"]:
+                raise ValueError(f"--tp {tp}: the mesh {sizes} does not split --seq {args.seq} over --devices {args.devices}")
+            local_by_tp[tp] = args.seq // sizes["sp"]
+        layouts = _layouts(args.layouts) if any(args.seq // n > 1 for n in local_by_tp.values()) else ("contiguous",)
+        cudnn = args.kernel == "cudnn" or (args.kernel == "auto" and target.platform == "cuda")
+        blocks = _ints(args.document_blocks, "--document-blocks", 0) if cudnn else (base.document_block,)
+        cands = candidates(local_by_tp, _remats(args.remat), _ints(args.q_chunks, "--q-chunks"),
+                           _ints(args.kv_chunks, "--kv-chunks"), blocks=blocks, layouts=layouts, cudnn=cudnn)
         if not cands:
-            raise ValueError(f"no chunk pair divides the local length {local} (= {args.seq} / sp={sizes['sp']})")
-        ModelStepShape(**{**asdict(base), "q_chunk": cands[0].q_chunk, "kv_chunk": cands[0].kv_chunk, "remat": cands[0].remat}).validate(args.devices)
+            lengths = ", ".join(f"{n} (= {args.seq} on tp={tp})" for tp, n in local_by_tp.items())
+            raise ValueError(f"no chunk pair divides the local length {lengths}")
+        for c in {(c.tp, c.q_chunk, c.kv_chunk): c for c in cands}.values():
+            c.shape(base).validate(args.devices)
         if not 0 <= args.margin < 1:
             raise ValueError(f"--margin must be in [0, 1), got {args.margin}")
     except ValueError as error:
@@ -142,38 +178,51 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, advance=1, last=f"q={o.candidate.q_chunk} kv={o.candidate.kv_chunk} {o.candidate.remat}: {o.status}")
 
         outcomes = run_search(base, args.target, args.devices, cands, budget=budget, margin=args.margin, jobs=args.jobs,
-                              timeout_s=args.timeout, use_cache=not args.no_cache, on_done=done)
+                              timeout_s=args.timeout, use_cache=not args.no_cache, on_done=done,
+                              documents=args.documents, host_budget=host_budget)
     chosen = choose(outcomes)
     console.print(_table(outcomes, chosen, budget, args.margin))
     if chosen is None:
         console.print(f"no candidate fits {args.model} at {args.seq:,} tokens on {args.devices} x {args.target}")
         return 1
     c = chosen.candidate
+    sizes = c.shape(base).mesh_sizes(args.devices)
     console.print(
-        f"chosen: q_chunk={c.q_chunk} kv_chunk={c.kv_chunk} remat={c.remat}: xla_total "
-        f"{gib(chosen.figures['xla_total'])} per device, headroom {gib(chosen.headroom_bytes)}"
+        f"chosen: remat={c.remat} document_block={c.document_block} mesh={sizes} layout={c.layout} "
+        f"q_chunk={c.q_chunk} kv_chunk={c.kv_chunk}: xla_total {gib(chosen.figures['xla_total'])} per device, "
+        f"headroom {gib(chosen.headroom_bytes)}, predicted step {chosen.predicted_s:.2f} s"
     )
+    plan_seq = args.seq
     if args.max_seq:
         step = sizes["sp"] * max(c.q_chunk, c.kv_chunk)
         upper = args.max_seq_limit or 4 * args.seq
-        lightest = sorted((o for o in outcomes if o.status == "ok"), key=lambda o: o.figures["xla_total"])[:3]
-        probe_cands = [o.candidate for o in lightest] or [c]
+        # Fitting is monotone in length; on the chosen mesh, the first --remat policy (full by
+        # default) and the smallest document block need the least memory, so they reach furthest.
+        lightest = [replace(c, remat=_remats(args.remat)[0], document_block=min((b for b in blocks if b), default=0))]
         seq, best = longest_fitting(
-            base, args.target, args.devices, probe_cands, budget=budget, margin=args.margin, step=step, upper=upper,
-            jobs=args.jobs, timeout_s=args.timeout, use_cache=not args.no_cache,
+            base, args.target, args.devices, lightest, budget=budget, margin=args.margin, step=step, upper=upper,
+            jobs=args.jobs, timeout_s=args.timeout, use_cache=not args.no_cache, documents=args.documents,
+            host_budget=host_budget,
             on_probe=lambda s, o: console.print(f"  {s:>10,} tokens: " + ("fits" if o else "does not fit")),
         )
         if seq:
+            beyond = f"{seq + step:,} is predicted not to fit" if seq + step <= upper else "the --max-seq-limit"
             console.print(f"longest that fits (multiples of {step:,}, up to {upper:,}): {seq:,} tokens, "
-                          f"q={best.candidate.q_chunk} kv={best.candidate.kv_chunk} {best.candidate.remat}, "
-                          f"xla_total {gib(best.figures['xla_total'])}")
+                          f"{best.candidate.remat}, xla_total {gib(best.figures['xla_total'])}; {beyond}")
+            plan_seq, chosen, c = seq, best, best.candidate  # the plan is for the longest length
+            sizes = c.shape(base).mesh_sizes(args.devices)
+        else:
+            console.print(f"nothing fits at {step:,} tokens with {lightest[0].remat}: the plan stays at --seq")
     if args.out is not None:
         versions = toolchain_versions()
         plan = Plan(
-            model=args.model, seq_len=args.seq, mesh=sizes, q_chunk=c.q_chunk, kv_chunk=c.kv_chunk, remat_policy=c.remat,
-            document_block=base.document_block,
-            target={"name": target.name, "device_kind": target.device_kind, "count": args.devices, "memory_bytes": budget, "margin": args.margin},
-            predicted={"xla_total": chosen.figures["xla_total"], "headroom_bytes": chosen.headroom_bytes, "step_seconds": chosen.predicted_s},
+            model=args.model, seq_len=plan_seq, mesh=sizes, q_chunk=c.q_chunk, kv_chunk=c.kv_chunk, remat_policy=c.remat,
+            document_block=c.document_block, sequence_layout=c.layout, layers=args.layers,
+            target={"name": target.name, "device_kind": target.device_kind, "count": args.devices, "memory_bytes": budget,
+                    "margin": args.margin, "host_memory_bytes": host_budget},
+            predicted={"xla_total": chosen.figures["xla_total"], "host_total": chosen.figures.get("host_total"),
+                       "headroom_bytes": chosen.headroom_bytes, "step_seconds": chosen.predicted_s,
+                       "documents": args.documents},
             versions={"jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}, source="hloscope search",
         )
         write_plan(plan, args.out)

@@ -36,6 +36,7 @@ class Plan:
     remat_policy: str
     sequence_layout: str = "contiguous"  # "zigzag" balances causal ring attention (sp > 1)
     document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    layers: int | None = None  # decoder layers when fewer than the preset's (a model cut to fit one GPU)
     target: dict[str, Any] = field(default_factory=dict)  # device kind, count, memory budget
     predicted: dict[str, Any] = field(default_factory=dict)  # figure name -> bytes per device
     versions: dict[str, str] = field(default_factory=dict)
@@ -87,6 +88,8 @@ def plan_from_dict(raw: dict[str, Any]) -> Plan:
         raise PlanError(f"plan sequence_layout must be one of {', '.join(SEQUENCE_LAYOUTS)}, got {plan.sequence_layout!r}")
     if plan.document_block < 0:
         raise PlanError(f"plan document_block must be an integer >= 0, got {plan.document_block!r}")
+    if plan.layers is not None and plan.layers < 1:
+        raise PlanError(f"plan layers must be a positive integer or null, got {plan.layers!r}")
     return plan
 
 
@@ -109,7 +112,8 @@ def apply_plan(plan: Plan, config: ModelConfig, available_devices: int) -> Model
     if plan.devices > available_devices:
         raise PlanError(f"plan mesh {plan.mesh} needs {plan.devices} devices, this machine has {available_devices}")
     return config.replace(q_chunk=plan.q_chunk, kv_chunk=plan.kv_chunk, remat_policy=plan.remat_policy,
-                          sequence_layout=plan.sequence_layout, document_block=plan.document_block)
+                          sequence_layout=plan.sequence_layout, document_block=plan.document_block,
+                          num_layers=plan.layers or config.num_layers)
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:

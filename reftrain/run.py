@@ -46,6 +46,8 @@ def _parser() -> OneLineParser:
     p.add_argument("--max-steps", type=int, help="stop after this many steps (resume continues)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: the phase's)")
     p.add_argument("--save-every", type=int, default=10)
+    p.add_argument("--no-checkpoints", action="store_true",
+                   help="write no checkpoint, not even at the end (a measurement: the run cannot resume or chain)")
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept per phase")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, help="per-device peak for MFU where the device is not in the table")
@@ -201,12 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(rope_theta=phase.rope_theta, rope_dtype=phase.rope_dtype)
         longest = max(stage.seq_len for stage in phase.stages)
         plan = load_plan(args.plan) if args.plan else default_plan(config, longest, jax.device_count())
+        if longest > plan.seq_len:  # its memory was predicted for plan.seq_len tokens, not more
+            raise PlanError(f"plan {args.plan} was made for {plan.seq_len:,} tokens; phase {phase.number}'s longest "
+                            f"sequence is {longest:,} (search at that length, or --set stages=LENxCOUNT)")
         config = apply_plan(plan, config, jax.device_count())
         mesh = make_mesh(**plan.mesh)
         spec = load_spec(args.data_spec) if args.data_spec else DEFAULT_SPEC
         run = PhaseRun(
             run_dir=args.run_dir or Path("runs") / args.preset, phase=phase, config=config, plan=plan, mesh=mesh,
-            data_spec=spec, seed=args.seed, grad_accum=phase.grad_accum, save_every=args.save_every, keep=args.keep,
+            data_spec=spec, seed=args.seed, grad_accum=phase.grad_accum, keep=args.keep,
+            save_every=0 if args.no_checkpoints else args.save_every,
             max_steps=args.max_steps, init_from=args.init_from, chain_unfinished=args.chain_unfinished,
             peak_tflops=args.peak_tflops, progress=not args.no_progress, tensorboard=args.tensorboard,
             run_config=args.config,

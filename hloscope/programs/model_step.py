@@ -55,6 +55,7 @@ class ModelStepShape:
     layers: int | None = None  # None: the preset's; fewer to fit one GPU (analyses/hloscope_vs_gpu.py)
     document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
     kernel: str = "auto"  # reftrain's attention_kernel
+    layout: str = "contiguous"  # reftrain's sequence_layout ("zigzag" balances the causal ring)
 
     def resolved(self) -> ModelStepShape:
         return replace(self, kv_chunk=2 * self.q_chunk if self.kv_chunk is None else self.kv_chunk)
@@ -93,7 +94,7 @@ class ModelStepShape:
             attention_impl="paper" if shape.attention == "paper" else "auto",
             rope_theta=75e6,
             num_layers=shape.layers or PRESETS[shape.model].num_layers, document_block=shape.document_block,
-            attention_kernel=shape.kernel,
+            attention_kernel=shape.kernel, sequence_layout=shape.layout,
         )
 
 

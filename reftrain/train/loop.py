@@ -49,7 +49,7 @@ class PhaseRun:
     data_spec: DataSpec
     seed: int = 0
     grad_accum: int = 1
-    save_every: int = 10
+    save_every: int = 10  # 0: no checkpoints at all (run --no-checkpoints)
     keep: int = 2
     max_steps: int | None = None  # stop early (the schedule still spans the whole phase)
     init_from: str | None = None
@@ -158,7 +158,7 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
         "total_steps": total,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        "checkpoint": str(checkpoints.directory / str(end)),
+        "checkpoint": str(checkpoints.directory / str(end)) if run.save_every else None,
     }
 
 
@@ -220,7 +220,7 @@ def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Ch
                 losses.append(record["loss"])
                 progress.update(task, advance=1, info=f"loss {record['loss']:.3f}  {tokens_per_s:,.0f} tok/s  len {seq_len}")
                 done = step + 1
-                if done % run.save_every == 0 or done == end:
+                if run.save_every and (done % run.save_every == 0 or done == end):
                     checkpoints.save(done, state, {"data": feed.state(), "seed": run.seed, "phase": run.phase.number})
     finally:
         if board is not None:

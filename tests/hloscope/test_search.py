@@ -23,7 +23,8 @@ from reftrain import run as reftrain_run
 from reftrain.config import get_config
 
 SEARCH = ["search", "--model", "tiny", "--seq", "2048", "--devices", "8", "--target", "cpu", "--memory", "2GB",
-          "--q-chunks", "64,128", "--kv-chunks", "128", "--remat", "full", "--jobs", "1"]
+          "--q-chunks", "64,128", "--kv-chunks", "128", "--remat", "full", "--jobs", "1",
+          "--layouts", "contiguous"]
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +34,19 @@ def private_cache(tmp_path, monkeypatch):
 
 @given(local=st.sampled_from([256, 1024, 4096, 65536, 38400]))
 def test_candidates_divide_the_local_length(local):
-    found = candidates(local, REMAT_OPTIONS)
+    found = candidates({1: local}, REMAT_OPTIONS)
     assert all(local % c.q_chunk == 0 and local % c.kv_chunk == 0 and c.kv_chunk >= c.q_chunk for c in found)
     assert not found or {c.remat for c in found} == set(REMAT_OPTIONS)
+
+
+@given(local=st.sampled_from([4096, 16384, 65536]), tp=st.sampled_from([1, 2, 4]))
+def test_candidates_on_cudnn_take_one_chunk_pair_and_one_whole_shard_block(local, tp):
+    found = candidates({tp: local}, ("full", "save_attention"), blocks=(4096, 16384, 65536), cudnn=True,
+                       layouts=("contiguous", "zigzag"))
+    assert len({(c.q_chunk, c.kv_chunk) for c in found}) == 1 and {c.tp for c in found} == {tp}
+    # blocks at least the shard are one call (0), kept once
+    assert {c.document_block for c in found} == {0} | {b for b in (4096, 16384) if b < local}
+    assert len(found) == len(set(found)) == 2 * 2 * len({c.document_block for c in found})
 
 
 def test_search_writes_a_plan_that_reftrain_trains_with(tmp_path, capsys):

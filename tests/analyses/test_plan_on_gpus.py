@@ -1,0 +1,48 @@
+"""analyses/plan_on_gpus.py: a plan from `hloscope search` trained on all local devices (here the 8
+virtual CPU devices), with its measured-vs-predicted table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.analyses.conftest import REPO
+
+
+def test_a_searched_plan_trains_on_every_device_and_is_compared(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HLOSCOPE_CACHE": str(tmp_path / "cache"),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    plan = tmp_path / "plan.json"
+    search = [sys.executable, "-m", "hloscope", "search", "--model", "tiny", "--seq", "1024", "--devices", "8",
+              "--target", "cpu", "--memory", "2GB", "--q-chunks", "128", "--kv-chunks", "128", "--remat", "full",
+              "--layouts", "zigzag", "--jobs", "1", "--out", str(plan)]
+    done = subprocess.run(search, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "analyses/plan_on_gpus.py", str(plan), "--steps", "2", "--out-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "plan_vs_measured.json").read_text())
+    assert result["devices"]["count"] == 8 and result["plan"]["sequence_layout"] == "zigzag"
+    assert [r["step"] for r in result["steps"]] == [1] and result["finite_losses"]
+    assert result["steps"][0]["seconds"] > 0 and result["seconds"] == result["steps"][0]["seconds"]
+    # CPU: no memory statistics, and the speed model prices GPUs only; both are said, not invented.
+    assert result["peak_bytes"] is None and result["peak_error"] is None
+    assert result["predicted_seconds"] is None and result["step_error"] is None
+    assert "n/a (no memory statistics)" in (tmp_path / "plan_vs_measured.md").read_text()
+
+
+def test_rescore_recomputes_the_speed_model_of_a_saved_gpu_result(tmp_path):
+    saved = json.loads((REPO / "analyses" / "results" / "plan_vs_measured_h200.json").read_text())
+    for step in saved["steps"]:
+        step["predicted_seconds"] = step["step_error"] = None
+    path = tmp_path / "plan_vs_measured_h200.json"
+    path.write_text(json.dumps(saved))
+    done = subprocess.run([sys.executable, "analyses/plan_on_gpus.py", "--rescore", str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = json.loads(path.read_text())
+    assert all(step["predicted_seconds"] > 0 for step in again["steps"])
+    assert again["predicted_seconds"] == sum(step["predicted_seconds"] for step in again["steps"])
+    assert again["peak_error"] == saved["peak_error"] and abs(again["peak_error"]) < 0.05
