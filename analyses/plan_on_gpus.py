@@ -109,7 +109,7 @@ def _markdown(result: dict) -> str:
     seconds = lambda s: f"{s:.3f}" if s is not None else "-"
     lines = [
         f"Plan: {plan['model']} ({plan['layers'] or 'all'} layers), {plan['seq_len']:,} tokens, mesh {plan['mesh']}, "
-        f"remat {plan['remat_policy']}, document block {plan['document_block']}, layout {plan['sequence_layout']}; "
+        f"execution {plan['execution']}; "
         f"target {plan['target'].get('name')}. Ran on {result['devices']['count']} x {result['devices']['kind']} "
         f"(jax {result['devices']['jax']}).", "",
         "| figure | predicted | measured | error |", "| --- | ---: | ---: | ---: |",

@@ -52,7 +52,7 @@ class Outcome:
     """One compiled candidate: status, per-device figures, fit, and predicted step time."""
 
     candidate: Candidate
-    status: str  # ok, error, crashed, oom, timeout, skipped (a faster candidate fits)
+    status: str  # ok, error, crashed, oom, timeout; skipped (a faster one fits), pruned (a lighter one did not)
     error: str | None = None
     figures: dict[str, int] = field(default_factory=dict)
     fits: bool = False
@@ -83,7 +83,10 @@ def candidates(local_by_tp: dict[int, int], remats: tuple[str, ...], q_options=C
                  if q <= local and kv <= local and local % q == 0 and local % kv == 0 and kv >= q]
         # Under cuDNN a block at least the shard's length is one call: keep one of them.
         usable_blocks = sorted({0 if block >= local else block for block in blocks}) if cudnn else blocks
-        for q, kv in pairs[-1:] if cudnn else pairs:  # under cuDNN: the largest, fewest loop steps elsewhere
+        # Under cuDNN one pair stands for all: the model's default where it divides (the chunks
+        # then set only the --max-seq step, sp x the larger), else the largest.
+        default = (ModelStepShape.q_chunk, 2 * ModelStepShape.q_chunk)
+        for q, kv in ([default] if default in pairs else pairs[-1:]) if cudnn else pairs:
             out += [Candidate(q, kv, remat, block, tp, layout)
                     for remat in remats for block in usable_blocks for layout in layouts]
     return out
@@ -175,8 +178,9 @@ def run_search(
     exhaustive: bool = False,
 ) -> list[Outcome]:
     """Evaluates candidates fastest-predicted first, `jobs` at a time, and stops after the first
-    round in which one fits (the rest are `skipped`: slower than one that fits), unless
-    `exhaustive`. Returns outcomes in input order."""
+    round in which one fits (the rest are `skipped`: slower than one that fits); a candidate that
+    needs at least the memory of one that did not fit is `pruned`, not compiled. `exhaustive`
+    compiles every candidate. Returns outcomes in input order."""
 
     def one(candidate: Candidate) -> Outcome:
         outcome = evaluate(candidate.shape(base), target, devices, budget, margin, timeout_s=timeout_s,
@@ -187,21 +191,44 @@ def run_search(
 
     predicted = {c: predict(c.shape(base), target, devices, documents) for c in cands}
     # On a tie (no documents to rank blocks by), a block before one whole-shard call: less memory.
-    order = sorted(cands, key=lambda c: (predicted[c], c.document_block == 0))
+    pending = sorted(cands, key=lambda c: (predicted[c], c.document_block == 0))
     outcomes: dict[Candidate, Outcome] = {}
     rounds = max(1, jobs)
     with ThreadPoolExecutor(max_workers=rounds) as pool:
-        for start in range(0, len(order), rounds):
-            for outcome in pool.map(one, order[start:start + rounds]):
+        while pending and (exhaustive or not any(o.fits for o in outcomes.values())):
+            batch = []
+            while pending and len(batch) < rounds:
+                c = pending.pop(0)
+                if not exhaustive and any(_needs_at_least(c, o) for o in outcomes.values()):
+                    outcomes[c] = Outcome(c, "pruned", predicted_s=predicted[c])  # a lighter one did not fit
+                    if on_done:
+                        on_done(outcomes[c])
+                else:
+                    batch.append(c)
+            for outcome in pool.map(one, batch):
                 outcomes[outcome.candidate] = outcome
-            if not exhaustive and any(o.fits for o in outcomes.values()):
-                break
     for c in cands:
         if c not in outcomes:
             outcomes[c] = Outcome(c, "skipped", predicted_s=predicted[c])
             if on_done:
                 on_done(outcomes[c])
     return [outcomes[c] for c in cands]
+
+
+# Device memory of reftrain's remat policies, least first (reftrain.remat: each keeps what the one
+# before it keeps, and more); a document block needs more the larger it is, and 0 (one call) most.
+MEMORY_ORDER = ("offload_layer_inputs", "full", "save_attention", "save_qkv_attention", "save_dots",
+                "save_dots_attention", "none")
+
+
+def _needs_at_least(c: Candidate, o: Outcome) -> bool:
+    """Whether `c` needs at least the device memory of `o`'s candidate, which did not fit it."""
+    f = o.candidate
+    over = o.status == "oom" or (o.status == "ok" and o.headroom_bytes is not None and o.headroom_bytes < 0)
+    block = lambda b: b or float("inf")
+    return (over and (c.tp, c.layout, c.q_chunk, c.kv_chunk) == (f.tp, f.layout, f.q_chunk, f.kv_chunk)
+            and MEMORY_ORDER.index(c.remat) >= MEMORY_ORDER.index(f.remat)
+            and block(c.document_block) >= block(f.document_block))
 
 
 def longest_fitting(

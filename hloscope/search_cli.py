@@ -34,6 +34,8 @@ def add_parser(commands) -> None:
                                            "where our XLA kernel runs) for reftrain's train step; write plan.json")
     p.add_argument("--model", default="mistral-7b", help="reftrain preset")
     p.add_argument("--layers", type=int, help="decoder layers (default: the preset's), e.g. to fit one GPU")
+    p.add_argument("--phase", type=int, default=3, help="the MegaBeam phase whose theta, optimizer and schedule "
+                   "the compiled step uses, as reftrain.run builds them")
     p.add_argument("--seq", type=int, default=524_288, help="global sequence length (tokens)")
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--target", default="a100-80gb", help=f"one of: {', '.join(sorted(TARGETS))}")
@@ -55,8 +57,8 @@ def add_parser(commands) -> None:
                         "tokens (0: one call, faster and larger; docs/gpu.md)")
     p.add_argument("--documents", type=int, default=0,
                    help="documents per sequence in your data, to rank candidates by (0: one document a row)")
-    p.add_argument("--max-seq", action="store_true", help="also binary-search the longest sequence that fits; "
-                   "the plan is then for that length")
+    p.add_argument("--max-seq", action="store_true", help="also binary-search the longest sequence that fits")
+    p.add_argument("--max-seq-out", type=Path, help="with --max-seq: write the plan for that longest length here")
     p.add_argument("--max-seq-limit", type=int, help="upper end of that search (default 4 x --seq)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="compiles at once")
     p.add_argument("--timeout", type=float, default=600, help="per-candidate compile limit, seconds")
@@ -108,13 +110,13 @@ def _table(outcomes: list, chosen, budget: int | None, margin: float) -> Table:
     for column in ("q", "kv", "remat", "block", "tp", "layout", "status", "xla_total", "temp", "host", "fits", "headroom",
                    "pred. step", "remat warnings", ""):
         table.add_column(column, justify="right" if column in numeric else "left")
-    for o in sorted(outcomes, key=lambda o: (not o.fits, o.status == "skipped", o.predicted_s or 1e30)):
+    for o in sorted(outcomes, key=lambda o: (not o.fits, o.status in ("skipped", "pruned"), o.predicted_s or 1e30)):
         c = o.candidate
         table.add_row(
             str(c.q_chunk), str(c.kv_chunk), c.remat, str(c.document_block), str(c.tp), c.layout,
             o.status + (" (cached)" if o.cached else ""),
             gib(o.figures.get("xla_total")), gib(o.figures.get("temp_size_in_bytes")), gib(o.figures.get("host_total")),
-            "yes" if o.fits else ("-" if o.status == "skipped" else "no"), gib(o.headroom_bytes),
+            "yes" if o.fits else ("-" if o.status in ("skipped", "pruned") else "no"), gib(o.headroom_bytes),
             f"{o.predicted_s:.2f} s" if o.predicted_s else "-", str(len(o.remat_warnings)), "<- chosen" if o is chosen else "",
         )
     return table
@@ -126,8 +128,6 @@ def run(args: argparse.Namespace) -> int:
     # hloscope.search loads reftrain and jax, so it is imported when a search runs, not for --help;
     # jax's CUDA plugin writes to fd 2 as it loads.
     with native_noise_filtered():
-        from reftrain.plan import Plan, write_plan
-
         from hloscope.programs.model_step import ModelStepShape
         from hloscope.search import candidates, choose, longest_fitting, run_search
 
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--layers must be positive, got {args.layers}")
         if args.documents < 0:
             raise ValueError(f"--documents must be >= 0, got {args.documents}")
-        base = ModelStepShape(model=args.model, seq=args.seq, layers=args.layers, kernel=args.kernel, **fixed)
+        base = ModelStepShape(model=args.model, seq=args.seq, layers=args.layers, kernel=args.kernel, phase=args.phase, **fixed)
         local_by_tp = {}
         for tp in tps:
             sizes = ModelStepShape(**{**asdict(base), "tp": tp}).mesh_sizes(args.devices)
@@ -162,8 +162,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--margin must be in [0, 1), got {args.margin}")
     except ValueError as error:
         raise UserError(str(error)) from None
-    if args.out is not None and not args.out.parent.exists():
-        raise UserError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    for out in (args.out, args.max_seq_out):
+        if out is not None and not out.parent.exists():
+            raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
+    if args.max_seq_out is not None and not args.max_seq:
+        raise UserError("--max-seq-out needs --max-seq")
     if target.platform == "cuda":
         check_gpu_aot()
 
@@ -192,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
         f"q_chunk={c.q_chunk} kv_chunk={c.kv_chunk}: xla_total {gib(chosen.figures['xla_total'])} per device, "
         f"headroom {gib(chosen.headroom_bytes)}, predicted step {chosen.predicted_s:.2f} s"
     )
-    plan_seq = args.seq
     if args.max_seq:
         step = sizes["sp"] * max(c.q_chunk, c.kv_chunk)
         upper = args.max_seq_limit or 4 * args.seq
@@ -209,22 +211,32 @@ def run(args: argparse.Namespace) -> int:
             beyond = f"{seq + step:,} is predicted not to fit" if seq + step <= upper else "the --max-seq-limit"
             console.print(f"longest that fits (multiples of {step:,}, up to {upper:,}): {seq:,} tokens, "
                           f"{best.candidate.remat}, xla_total {gib(best.figures['xla_total'])}; {beyond}")
-            plan_seq, chosen, c = seq, best, best.candidate  # the plan is for the longest length
-            sizes = c.shape(base).mesh_sizes(args.devices)
+            if args.max_seq_out is not None:
+                _write_plan(args, target, base, seq, best, budget, host_budget, args.max_seq_out)
+                console.print(f"wrote {args.max_seq_out} (the plan for {seq:,} tokens)")
         else:
-            console.print(f"nothing fits at {step:,} tokens with {lightest[0].remat}: the plan stays at --seq")
+            console.print(f"nothing fits at {step:,} tokens with {lightest[0].remat}")
     if args.out is not None:
-        versions = toolchain_versions()
-        plan = Plan(
-            model=args.model, seq_len=plan_seq, mesh=sizes, q_chunk=c.q_chunk, kv_chunk=c.kv_chunk, remat_policy=c.remat,
-            document_block=c.document_block, sequence_layout=c.layout, layers=args.layers,
-            target={"name": target.name, "device_kind": target.device_kind, "count": args.devices, "memory_bytes": budget,
-                    "margin": args.margin, "host_memory_bytes": host_budget},
-            predicted={"xla_total": chosen.figures["xla_total"], "host_total": chosen.figures.get("host_total"),
-                       "headroom_bytes": chosen.headroom_bytes, "step_seconds": chosen.predicted_s,
-                       "documents": args.documents},
-            versions={"jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}, source="hloscope search",
-        )
-        write_plan(plan, args.out)
+        _write_plan(args, target, base, args.seq, chosen, budget, host_budget, args.out)
         console.print(f"wrote {args.out}")
     return 0
+
+
+def _write_plan(args, target, base, seq: int, outcome, budget, host_budget, path: Path) -> None:
+    from reftrain.plan import Plan, write_plan
+
+    c = outcome.candidate
+    shape = replace(c.shape(base), seq=seq)
+    versions = toolchain_versions()
+    plan = Plan(
+        # The execution of the very step that was compiled (hloscope.programs.model_step).
+        model=args.model, seq_len=seq, mesh=shape.mesh_sizes(args.devices), execution=shape.config().execution(),
+        layers=args.layers,
+        target={"name": target.name, "device_kind": target.device_kind, "count": args.devices, "memory_bytes": budget,
+                "margin": args.margin, "host_memory_bytes": host_budget},
+        predicted={"xla_total": outcome.figures["xla_total"], "host_total": outcome.figures.get("host_total"),
+                   "headroom_bytes": outcome.headroom_bytes, "step_seconds": outcome.predicted_s,
+                   "documents": args.documents},
+        versions={"jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}, source="hloscope search",
+    )
+    write_plan(plan, path)

@@ -1,15 +1,18 @@
 """Model configurations: typed, frozen dataclasses with named presets.
 
-A `ModelConfig` holds the architecture (what a checkpoint must match) and how it runs (RoPE
-precision and theta, chunk sizes, remat policy, dtypes), because a phase or a plan changes
-only the latter: `dataclasses.replace(config, rope_theta=75e6, q_chunk=2048)`.
+A `ModelConfig` holds the architecture (what a Hugging Face config.json holds and a checkpoint
+must match: ARCHITECTURE_FIELDS), the phase's RoPE numerics (`rope_dtype`) and how it runs
+(EXECUTION_FIELDS: kernel, chunks, layout, documents, remat, dtypes), declared once below with
+`_execution`. A plan is the execution half plus the mesh (reftrain.plan); a phase sets theta and
+RoPE precision; the Hugging Face round trip carries the architecture only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from reftrain.fields import check_field_types
 
@@ -59,6 +62,11 @@ class YarnConfig:
         return 0.1 * math.log(self.factor) + 1.0
 
 
+def _execution(default):
+    """A field that says how the model runs, not what it is: a plan sets it (EXECUTION_FIELDS)."""
+    return field(default=default, metadata={"execution": True})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A Mistral-architecture decoder and how it runs.
@@ -81,26 +89,26 @@ class ModelConfig:
     rope_theta: float = 1e6
     rope_dtype: str = "float32"
     yarn: YarnConfig | None = None
-    # Execution: what a phase or a plan file sets.
-    param_dtype: str = "float32"
-    compute_dtype: str = "bfloat16"
-    remat_policy: str = "full"
-    attention_impl: str = "auto"
+    initializer_range: float = 0.02
+    # Execution: what a plan file sets (reftrain.plan), declared with _execution.
+    param_dtype: str = _execution("float32")
+    compute_dtype: str = _execution("bfloat16")
+    remat_policy: str = _execution("full")
+    attention_impl: str = _execution("auto")
     # Block kernel: "auto" is cuDNN's fused attention on an NVIDIA GPU, our XLA loops elsewhere.
-    attention_kernel: str = "auto"
+    attention_kernel: str = _execution("auto")
     # "zigzag" gives device i the sequence chunks i and 2*sp-1-i, balancing causal ring work.
-    sequence_layout: str = "contiguous"
+    sequence_layout: str = _execution("contiguous")
     # cuDNN packed mode (documents): document slots per call (more documents take more calls).
     # Packed-mode memory grows with slots x call length; 4 slots on 16K blocks is the default
     # measured on an H200 (analyses/results/bench_attention_documents_*.md, docs/gpu.md).
-    max_documents: int = 4
+    max_documents: int = _execution(4)
     # cuDNN with documents: a shard with itself in blocks of this many tokens (0: one call).
-    document_block: int = 16384
-    q_chunk: int = 2048
-    kv_chunk: int = 4096
-    loss_chunk: int = 2048
-    mlp_chunk: int = 8192  # tokens per device per MLP chunk; 0 runs the MLP whole
-    initializer_range: float = 0.02
+    document_block: int = _execution(16384)
+    q_chunk: int = _execution(2048)
+    kv_chunk: int = _execution(4096)
+    loss_chunk: int = _execution(2048)
+    mlp_chunk: int = _execution(8192)  # tokens per device per MLP chunk; 0 runs the MLP whole
 
     def __post_init__(self):
         check_field_types(self, "model")
@@ -129,6 +137,17 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def execution(self) -> dict[str, Any]:
+        """How this model runs (EXECUTION_FIELDS): what a plan holds."""
+        return {name: getattr(self, name) for name in EXECUTION_FIELDS}
+
+    def with_execution(self, values: dict[str, Any]) -> ModelConfig:
+        """This model run as `values` say (any of EXECUTION_FIELDS; the rest stays)."""
+        unknown = set(values) - set(EXECUTION_FIELDS)
+        if unknown:
+            raise ValueError(f"not execution settings: {sorted(unknown)}; they are {', '.join(EXECUTION_FIELDS)}")
+        return self.replace(**values)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -142,6 +161,11 @@ class ModelConfig:
             values["yarn"] = YarnConfig(**values["yarn"])
         return cls(**values)
 
+
+EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("execution"))
+#: What a Hugging Face config.json holds (reftrain.hf maps each to its key).
+ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig)
+                            if not f.metadata.get("execution") and f.name not in ("name", "rope_dtype"))
 
 PRESETS: dict[str, ModelConfig] = {
     # Mistral-7B-Instruct-v0.2, MegaBeam's base: theta 1e6, no sliding window.

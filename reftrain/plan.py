@@ -1,7 +1,10 @@
-"""The plan file: chunk sizes, mesh and remat policy chosen for a model, length and machine.
+"""The plan file: how to run a model at one length on one machine, the execution settings
+(ModelConfig's EXECUTION_FIELDS: kernel, chunks, layout, documents, remat, dtypes) and the mesh.
 
-hloscope's search writes it (schema below, also in docs/plan.md); reftrain reads it with
-`load_plan`, or uses `default_plan` for a preset, through the same `apply_plan` path.
+hloscope's search writes it (schema below, also in docs/plan.md) with the execution of the very
+step it compiled; reftrain reads it with `load_plan`, or uses `default_plan` for a preset,
+through the same `apply_plan` path. Plans of the first schema (execution fields at the top
+level) are read too.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reftrain.config import REMAT_POLICIES, SEQUENCE_LAYOUTS, ModelConfig
+from reftrain.config import EXECUTION_FIELDS, PRESETS, ModelConfig
 from reftrain.fields import check_field_types
 from reftrain.files import atomic_write_bytes
 
-SCHEMA = "hloscope.plan/1"
+SCHEMA = "hloscope.plan/2"
+_SCHEMA_1 = "hloscope.plan/1"  # q_chunk, kv_chunk, remat_policy, sequence_layout, document_block at the top
 MESH_AXES = ("dp", "fsdp", "tp", "sp")
 
 
@@ -26,16 +30,13 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Plan:
-    """What to run: model preset, sequence length, mesh, chunks, remat, and what was predicted."""
+    """What to run: model preset (cut to `layers`), sequence length, mesh, execution settings, and
+    what was predicted."""
 
     model: str
     seq_len: int
     mesh: dict[str, int]
-    q_chunk: int
-    kv_chunk: int
-    remat_policy: str
-    sequence_layout: str = "contiguous"  # "zigzag" balances causal ring attention (sp > 1)
-    document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    execution: dict[str, Any]  # any of ModelConfig's EXECUTION_FIELDS; the rest stay the preset's
     layers: int | None = None  # decoder layers when fewer than the preset's (a model cut to fit one GPU)
     target: dict[str, Any] = field(default_factory=dict)  # device kind, count, memory budget
     predicted: dict[str, Any] = field(default_factory=dict)  # figure name -> bytes per device
@@ -53,43 +54,38 @@ class Plan:
 
 def default_plan(config: ModelConfig, seq_len: int, devices: int) -> Plan:
     """The plan used without `--plan`: all devices on sp (the paper: SP over TP for long
-    sequences), the preset's chunks clipped to the local length, full remat."""
+    sequences), the config's execution with its chunks clipped to the local length."""
     local = seq_len // devices
-    return Plan(
-        model=config.name,
-        seq_len=seq_len,
-        mesh={"dp": 1, "fsdp": 1, "tp": 1, "sp": devices},
-        q_chunk=min(config.q_chunk, local),
-        kv_chunk=min(config.kv_chunk, local),
-        remat_policy=config.remat_policy,
-        sequence_layout=config.sequence_layout,
-        document_block=config.document_block,
-    )
+    execution = config.execution() | {"q_chunk": min(config.q_chunk, local), "kv_chunk": min(config.kv_chunk, local)}
+    return Plan(model=config.name, seq_len=seq_len, mesh={"dp": 1, "fsdp": 1, "tp": 1, "sp": devices}, execution=execution)
 
 
 def plan_from_dict(raw: dict[str, Any]) -> Plan:
     if not isinstance(raw, dict):
         raise PlanError("plan file must hold a JSON object")
+    if raw.get("schema") == _SCHEMA_1:  # the first schema: execution fields at the top level
+        raw = {**{k: v for k, v in raw.items() if k not in EXECUTION_FIELDS}, "schema": SCHEMA,
+               "execution": {k: v for k, v in raw.items() if k in EXECUTION_FIELDS}}
     if raw.get("schema") != SCHEMA:
-        raise PlanError(f"unknown plan schema {raw.get('schema')!r}; this reftrain reads {SCHEMA!r}")
+        raise PlanError(f"unknown plan schema {raw.get('schema')!r}; this reftrain reads {SCHEMA!r} and {_SCHEMA_1!r}")
+    unknown = set(raw) - set(Plan.__dataclass_fields__)
+    if unknown:
+        raise PlanError(f"plan has unknown fields {sorted(unknown)} (execution settings go under 'execution')")
     try:
-        plan = Plan(**{key: raw[key] for key in raw if key in Plan.__dataclass_fields__})
+        plan = Plan(**raw)
     except TypeError as e:
         raise PlanError(f"plan file is missing fields: {e}") from None
     check_field_types(plan, "plan", PlanError)
-    for name in ("seq_len", "q_chunk", "kv_chunk"):
-        if getattr(plan, name) < 1:
-            raise PlanError(f"plan {name} must be positive, got {getattr(plan, name)}")
-    if plan.remat_policy not in REMAT_POLICIES:
-        raise PlanError(f"plan remat_policy must be one of {', '.join(REMAT_POLICIES)}, got {plan.remat_policy!r}")
+    if plan.seq_len < 1:
+        raise PlanError(f"plan seq_len must be positive, got {plan.seq_len}")
     if set(plan.mesh) != set(MESH_AXES) or not all(isinstance(v, int) and v >= 1 for v in plan.mesh.values()):
         raise PlanError(f"plan mesh must give positive integer sizes for {', '.join(MESH_AXES)}, got {plan.mesh}")
-    if plan.sequence_layout not in SEQUENCE_LAYOUTS:
-        raise PlanError(f"plan sequence_layout must be one of {', '.join(SEQUENCE_LAYOUTS)}, got {plan.sequence_layout!r}")
-    if plan.document_block < 0:
-        raise PlanError(f"plan document_block must be an integer >= 0, got {plan.document_block!r}")
     if plan.layers is not None and plan.layers < 1:
         raise PlanError(f"plan layers must be a positive integer or null, got {plan.layers!r}")
+    try:  # the model config's own checks, on any preset: names, types and ranges of each setting
+        next(iter(PRESETS.values())).with_execution(plan.execution)
+    except (TypeError, ValueError) as e:
+        raise PlanError(f"plan execution: {str(e).removeprefix('model ')}") from None
     return plan
 
 
@@ -105,15 +101,13 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def apply_plan(plan: Plan, config: ModelConfig, available_devices: int) -> ModelConfig:
-    """Returns `config` with the plan's chunks and remat; refuses a plan for another model or
-    a mesh this machine cannot build."""
+    """Returns `config` run as the plan says (its execution settings and layers); refuses a plan
+    for another model or a mesh this machine cannot build."""
     if plan.model != config.name:
         raise PlanError(f"plan was made for model {plan.model!r}, this run trains {config.name!r}")
     if plan.devices > available_devices:
         raise PlanError(f"plan mesh {plan.mesh} needs {plan.devices} devices, this machine has {available_devices}")
-    return config.replace(q_chunk=plan.q_chunk, kv_chunk=plan.kv_chunk, remat_policy=plan.remat_policy,
-                          sequence_layout=plan.sequence_layout, document_block=plan.document_block,
-                          num_layers=plan.layers or config.num_layers)
+    return config.with_execution(plan.execution).replace(num_layers=plan.layers or config.num_layers)
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:

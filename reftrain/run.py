@@ -191,9 +191,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _distributed(args)
-        config = get_config(args.preset)
-        phase = get_phase(args.preset, args.phase)
-        phase, config = apply_settings(phase, config, args.settings)
+        phase, config = apply_settings(get_phase(args.preset, args.phase), get_config(args.preset), args.settings)
+        longest = max(stage.seq_len for stage in phase.stages)
+        plan = load_plan(args.plan) if args.plan else default_plan(config, longest, jax.device_count())
+        # The plan's execution, then --set over it (what the user names wins).
+        phase, config = apply_settings(phase, apply_plan(plan, get_config(args.preset), jax.device_count()), args.settings)
+        if longest > plan.seq_len:  # its memory was predicted for plan.seq_len tokens, not more
+            raise PlanError(f"plan {args.plan} was made for {plan.seq_len:,} tokens; phase {phase.number}'s longest "
+                            f"sequence is {longest:,} (search at that length, or --set stages=LENxCOUNT)")
         if jax.default_backend() == "cpu" and "compute_dtype" not in {key for key, _ in args.settings}:
             # XLA:CPU has no bfloat16 matmul units: a tiny step in bfloat16 took 8.7 s, in float32
             # 4.1 s (2 shared cores), with the same losses to 1e-3. `--set compute_dtype=` still wins.
@@ -201,12 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.grad_accum is not None:  # one value for the step count and the data feed
             phase = dataclasses.replace(phase, grad_accum=args.grad_accum)
         config = config.replace(rope_theta=phase.rope_theta, rope_dtype=phase.rope_dtype)
-        longest = max(stage.seq_len for stage in phase.stages)
-        plan = load_plan(args.plan) if args.plan else default_plan(config, longest, jax.device_count())
-        if longest > plan.seq_len:  # its memory was predicted for plan.seq_len tokens, not more
-            raise PlanError(f"plan {args.plan} was made for {plan.seq_len:,} tokens; phase {phase.number}'s longest "
-                            f"sequence is {longest:,} (search at that length, or --set stages=LENxCOUNT)")
-        config = apply_plan(plan, config, jax.device_count())
         mesh = make_mesh(**plan.mesh)
         spec = load_spec(args.data_spec) if args.data_spec else DEFAULT_SPEC
         run = PhaseRun(

@@ -56,6 +56,7 @@ class ModelStepShape:
     document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
     kernel: str = "auto"  # reftrain's attention_kernel
     layout: str = "contiguous"  # reftrain's sequence_layout ("zigzag" balances the causal ring)
+    phase: int = 3  # the MegaBeam phase whose theta, optimizer and schedule the step uses
 
     def resolved(self) -> ModelStepShape:
         return replace(self, kv_chunk=2 * self.q_chunk if self.kv_chunk is None else self.kv_chunk)
@@ -72,6 +73,8 @@ class ModelStepShape:
             raise ValueError(f"--model {shape.model!r} is not a preset; known: {', '.join(sorted(PRESETS))}")
         if shape.remat not in REMAT_POLICIES:
             raise ValueError(f"--remat {shape.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+        if shape.phase not in (1, 2, 3, 4):
+            raise ValueError(f"--phase must be 1-4 (MegaBeam's phases), got {shape.phase}")
         if shape.attention not in ("ours", "paper"):
             raise ValueError(f"--attention must be 'ours' or 'paper', got {shape.attention!r}")
         sizes = shape.mesh_sizes(devices)
@@ -89,13 +92,15 @@ class ModelStepShape:
 
     def config(self) -> ModelConfig:
         shape = self.resolved()
+        phase = get_phase(shape.model, shape.phase)
         return PRESETS[shape.model].replace(
+            rope_theta=phase.rope_theta, rope_dtype=phase.rope_dtype,
+            num_layers=shape.layers or PRESETS[shape.model].num_layers,
+        ).with_execution(dict(
             q_chunk=shape.q_chunk, kv_chunk=shape.kv_chunk, remat_policy=shape.remat,
             attention_impl="paper" if shape.attention == "paper" else "auto",
-            rope_theta=75e6,
-            num_layers=shape.layers or PRESETS[shape.model].num_layers, document_block=shape.document_block,
-            attention_kernel=shape.kernel, sequence_layout=shape.layout,
-        )
+            document_block=shape.document_block, attention_kernel=shape.kernel, sequence_layout=shape.layout,
+        ))
 
 
 
@@ -123,7 +128,8 @@ def build_train_step(mesh: Mesh, **options):
     """Returns (reftrain's jitted train step, abstract train state and batch)."""
     shape = model_shape(mesh, options)
     config = shape.config()
-    optimizer, schedule = make_optimizer(get_phase(shape.model, 3), total_steps=1000)
+    phase = get_phase(shape.model, shape.phase)  # the optimizer and schedule reftrain.run builds for it
+    optimizer, schedule = make_optimizer(phase, total_steps=phase.steps())
     state = abstract_state(config, optimizer, mesh)
     token = _tokens(mesh, shape, leading=(1,))
     mask = jax.ShapeDtypeStruct(token.shape, jnp.float32, sharding=token.sharding)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
-from reftrain.config import ModelConfig, YarnConfig
+from reftrain.config import EXECUTION_FIELDS, ModelConfig, YarnConfig
 
 
 class CheckpointError(ValueError):
@@ -29,18 +29,10 @@ _HF_DEFAULTS = {
     "sliding_window": 4096,
     "hidden_act": "silu",
 }
-# Fields that say how the model runs rather than what it is; exported in the `reftrain` block.
-EXECUTION_FIELDS = (
-    "name",
-    "rope_dtype",
-    "param_dtype",
-    "compute_dtype",
-    "remat_policy",
-    "attention_impl",
-    "q_chunk",
-    "kv_chunk",
-    "loss_chunk",
-)
+# The `reftrain` block of an exported config.json: the model's name and its RoPE numerics. How
+# it ran (EXECUTION_FIELDS: chunks, kernel, remat, dtypes) is a plan's, not the checkpoint's;
+# blocks written before carried them too, and they are read and left out.
+REFTRAIN_BLOCK = ("name", "rope_dtype")
 DEFAULT_MAX_POSITION_EMBEDDINGS = 32_768  # Mistral-7B-v0.2's, written when nothing says more
 
 
@@ -131,9 +123,10 @@ def config_from_hf(hf_config: dict, *, allow_sliding_window: bool = False, **ove
         yarn = _yarn_from_hf(scaling, max_positions)
     hidden, q_heads = int(hf_config["hidden_size"]), int(hf_config["num_attention_heads"])
     block = hf_config.get("reftrain") or {}
-    unknown = set(block) - set(EXECUTION_FIELDS)
+    unknown = set(block) - set(REFTRAIN_BLOCK) - set(EXECUTION_FIELDS)
     if unknown:
         raise CheckpointError(f"config.json 'reftrain' block has unknown fields {sorted(unknown)}")
+    block = {name: block[name] for name in REFTRAIN_BLOCK if name in block}
     values: dict[str, Any] = {
         "name": "hf-mistral",
         **block,
@@ -212,5 +205,5 @@ def config_to_hf(config: ModelConfig, *, dtype: str = "bfloat16", max_position_e
         "attention_dropout": 0.0,
         "use_cache": True,
         "dtype": dtype,
-        "reftrain": {name: fields[name] for name in EXECUTION_FIELDS},
+        "reftrain": {name: fields[name] for name in REFTRAIN_BLOCK},
     }

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from reftrain.plan import plan_from_dict
 from tests.analyses.conftest import REPO
 
 
@@ -24,7 +25,7 @@ def test_a_searched_plan_trains_on_every_device_and_is_compared(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "plan_vs_measured.json").read_text())
-    assert result["devices"]["count"] == 8 and result["plan"]["sequence_layout"] == "zigzag"
+    assert result["devices"]["count"] == 8 and result["plan"]["execution"]["sequence_layout"] == "zigzag"
     assert [r["step"] for r in result["steps"]] == [1] and result["finite_losses"]
     assert result["steps"][0]["seconds"] > 0 and result["seconds"] == result["steps"][0]["seconds"]
     # CPU: no memory statistics, and the speed model prices GPUs only; both are said, not invented.
@@ -35,6 +36,7 @@ def test_a_searched_plan_trains_on_every_device_and_is_compared(tmp_path):
 
 def test_rescore_recomputes_the_speed_model_of_a_saved_gpu_result(tmp_path):
     saved = json.loads((REPO / "analyses" / "results" / "plan_vs_measured_h200.json").read_text())
+    saved["plan"] = plan_from_dict(saved["plan"]).to_dict()  # measured with a plan of the first schema
     for step in saved["steps"]:
         step["predicted_seconds"] = step["step_error"] = None
     path = tmp_path / "plan_vs_measured_h200.json"

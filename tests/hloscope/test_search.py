@@ -20,7 +20,7 @@ from hloscope.search_cli import REMAT_OPTIONS
 from hloscope.speed import predicted_seconds
 from hloscope.targets import get_target
 from reftrain import run as reftrain_run
-from reftrain.config import get_config
+from reftrain.config import EXECUTION_FIELDS, get_config
 
 SEARCH = ["search", "--model", "tiny", "--seq", "2048", "--devices", "8", "--target", "cpu", "--memory", "2GB",
           "--q-chunks", "64,128", "--kv-chunks", "128", "--remat", "full", "--jobs", "1",
@@ -55,7 +55,11 @@ def test_search_writes_a_plan_that_reftrain_trains_with(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "<- chosen" in out and "wrote" in out
     written = json.loads(plan.read_text())
-    assert written["schema"] == "hloscope.plan/1" and written["model"] == "tiny" and written["q_chunk"] in (64, 128)
+    assert written["schema"] == "hloscope.plan/2" and written["model"] == "tiny"
+    execution = written["execution"]
+    assert execution["q_chunk"] in (64, 128) and execution["remat_policy"] == "full"
+    # the execution of the step that was compiled, all of it, so that reftrain runs that step
+    assert set(execution) == set(EXECUTION_FIELDS) and execution["compute_dtype"] == "bfloat16"
     assert 0 < written["predicted"]["xla_total"] < 0.9 * 2e9
 
     # Cached: the same search compiles nothing and says so.
@@ -66,10 +70,11 @@ def test_search_writes_a_plan_that_reftrain_trains_with(tmp_path, capsys):
     args = ["--phase", "1", "--run-dir", str(run_dir), "--plan", str(plan), "--set", "stages=256x2x1", "--max-steps", "1", "--no-progress"]
     assert reftrain_run.main([*args, "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["model"]["q_chunk"] == written["q_chunk"] and shown["plan"]["source"] == "hloscope search"
-    assert shown["model"]["document_block"] == written["document_block"] == 16384  # the default
+    assert shown["model"]["q_chunk"] == execution["q_chunk"] and shown["plan"]["source"] == "hloscope search"
+    assert shown["model"]["document_block"] == execution["document_block"] == 16384  # the default
+    assert shown["model"]["compute_dtype"] == "float32"  # on a CPU host unless --set says otherwise
     assert reftrain_run.main(args) == 0
-    assert json.loads((run_dir / "phase1" / "config.json").read_text())["plan"]["q_chunk"] == written["q_chunk"]
+    assert json.loads((run_dir / "phase1" / "config.json").read_text())["plan"]["execution"]["q_chunk"] == execution["q_chunk"]
 
 
 def test_nothing_fits_a_tiny_budget_and_no_plan_is_written(tmp_path, capsys):
@@ -135,3 +140,54 @@ def test_speed_model_knows_every_remat_policy_and_what_each_skips():
     seconds = {p: predicted_seconds(config.replace(remat_policy=p), 524_288, mesh, target) for p in REMAT_POLICIES}
     # At 512K attention is most of the step: keeping its output saves more than keeping the dots.
     assert seconds["none"] == seconds["save_dots_attention"] < seconds["save_attention"] < seconds["save_dots"] < seconds["full"]
+
+
+def test_search_compiles_fastest_first_prunes_what_cannot_fit_and_skips_what_is_slower(monkeypatch):
+    """Memory here: full 1, save_attention 2, save_dots_attention 3 (x2 for one whole-shard call);
+    the budget holds 2. The fastest predicted, save_dots_attention, does not fit; its one-call
+    variant is heavier, so it is pruned, not compiled; save_attention fits, so full is skipped."""
+    from hloscope import search
+
+    weight = {"full": 1, "save_attention": 2, "save_dots_attention": 3}
+    compiled = []
+
+    def fake_evaluate(shape, target, devices, budget, margin, **_):
+        c = search.Candidate(shape.q_chunk, shape.kv_chunk, shape.remat, shape.document_block, shape.tp, shape.layout)
+        compiled.append(c)
+        total = weight[c.remat] * (2 if c.document_block == 0 else 1)
+        return search.Outcome(c, "ok", figures={"xla_total": total}, fits=total <= budget,
+                              headroom_bytes=budget - total, predicted_s=search.predict(shape, target, devices))
+
+    monkeypatch.setattr(search, "evaluate", fake_evaluate)
+    base = ModelStepShape(model="mistral-7b", seq=65_536, layers=8)
+    cands = candidates({1: 65_536}, tuple(weight), blocks=(16384, 0), cudnn=True)
+    outcomes = {(o.candidate.remat, o.candidate.document_block): o.status
+                for o in search.run_search(base, "h200-141gb", 1, cands, budget=2, margin=0.0)}
+    assert [(c.remat, c.document_block) for c in compiled] == [("save_dots_attention", 16384), ("save_attention", 16384)]
+    assert outcomes[("save_dots_attention", 0)] == "pruned" and outcomes[("save_attention", 16384)] == "ok"
+    assert outcomes[("full", 16384)] == outcomes[("full", 0)] == outcomes[("save_attention", 0)] == "skipped"
+
+
+def test_every_remat_policy_has_a_place_in_the_memory_order():
+    from hloscope.search import MEMORY_ORDER
+    from reftrain.config import REMAT_POLICIES
+
+    assert sorted(MEMORY_ORDER) == sorted(REMAT_POLICIES)
+
+
+def test_max_seq_finds_the_longest_length_and_writes_its_plan(tmp_path, capsys):
+    longest, plan = tmp_path / "longest.json", tmp_path / "plan.json"
+    args = [*SEARCH, "--seq", "1024", "--max-seq", "--max-seq-limit", "3072", "--out", str(plan), "--max-seq-out", str(longest)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "longest that fits (multiples of 1,024, up to 3,072): 3,072 tokens" in out and "--max-seq-limit" in out
+    written, at_seq = json.loads(longest.read_text()), json.loads(plan.read_text())
+    assert (written["seq_len"], at_seq["seq_len"]) == (3072, 1024)
+    assert written["execution"]["remat_policy"] == "full" and written["predicted"]["xla_total"] > at_seq["predicted"]["xla_total"]
+    # A budget between the two lengths' needs: the longest is shorter, and the next length up does not fit.
+    budget = (written["predicted"]["xla_total"] + at_seq["predicted"]["xla_total"]) // 2
+    assert cli.main([*args, "--memory", str(int(budget / 0.9))]) == 0
+    out = capsys.readouterr().out
+    assert "predicted not to fit" in out and json.loads(longest.read_text())["seq_len"] in (1024, 2048)
+    assert cli.main([*SEARCH, "--max-seq-out", str(longest)]) == 2
+    assert "--max-seq-out needs --max-seq" in capsys.readouterr().err

@@ -13,22 +13,30 @@ from reftrain.fields import matches
 from reftrain.phases import Stage, get_phase
 from reftrain.plan import PlanError, plan_from_dict
 
-PLAN = {"schema": "hloscope.plan/1", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
-        "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}
+PLAN = {"schema": "hloscope.plan/2", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
+        "execution": {"q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}}
+
+
+def _execution(**change):
+    return {"execution": PLAN["execution"] | change}
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"q_chunk": "abc"}, "plan q_chunk must be an integer, got 'abc'"),
-        ({"kv_chunk": 16.5}, "plan kv_chunk must be an integer, got 16.5"),
+        (_execution(q_chunk="abc"), "plan execution: q_chunk must be an integer, got 'abc'"),
+        (_execution(kv_chunk=16.5), "plan execution: kv_chunk must be an integer, got 16.5"),
         ({"seq_len": True}, "plan seq_len must be an integer, got True"),
         ({"model": 7}, "plan model must be a string, got 7"),
         ({"mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": "8"}}, "plan mesh must be a mapping of a string to an integer"),
         ({"predicted": [1, 2]}, "plan predicted must be a mapping"),
-        ({"remat_policy": "most"}, "plan remat_policy must be one of full, save_attention, save_qkv_attention, save_dots"),
-        ({"q_chunk": 0}, "plan q_chunk must be positive"),
-        ({"document_block": "4096"}, "plan document_block must be an integer"),
+        (_execution(remat_policy="most"), "plan execution: remat_policy must be one of ('full', 'save_attention'"),
+        (_execution(q_chunk=0), "plan execution: q_chunk must be positive"),
+        (_execution(document_block="4096"), "plan execution: document_block must be an integer"),
+        (_execution(rope_theta=1e6), "plan execution: not execution settings: ['rope_theta']"),
+        ({"execution": [16]}, "plan execution must be a mapping"),
+        ({"layers": 0}, "plan layers must be a positive integer or null, got 0"),
+        ({"q_chunk": 16}, "plan has unknown fields ['q_chunk'] (execution settings go under 'execution')"),
     ],
 )
 def test_plan_fields_are_type_checked(change, message):
@@ -38,7 +46,16 @@ def test_plan_fields_are_type_checked(change, message):
 
 
 def test_a_good_plan_passes():
-    assert plan_from_dict(PLAN).q_chunk == 16
+    assert plan_from_dict(PLAN).execution["q_chunk"] == 16
+
+
+def test_a_plan_of_the_first_schema_still_loads():
+    first = {k: v for k, v in PLAN.items() if k != "execution"} | PLAN["execution"] | {
+        "schema": "hloscope.plan/1", "document_block": 0, "sequence_layout": "zigzag"}
+    plan = plan_from_dict(first)
+    assert plan.schema == "hloscope.plan/2" and plan.execution == PLAN["execution"] | {"document_block": 0, "sequence_layout": "zigzag"}
+    with pytest.raises(PlanError, match="plan execution: q_chunk must be an integer"):
+        plan_from_dict(first | {"q_chunk": "abc"})
 
 
 @pytest.mark.parametrize(
@@ -103,9 +120,9 @@ def test_bad_set_values_get_one_line_and_write_nothing(tmp_path, capsys, setting
 
 
 def test_a_plan_with_a_mistyped_field_exits_2_and_writes_nothing(tmp_path, capsys):
-    (tmp_path / "plan.json").write_text(json.dumps(PLAN | {"q_chunk": "abc"}))
+    (tmp_path / "plan.json").write_text(json.dumps(PLAN | _execution(q_chunk="abc")))
     assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path / "run"), "--plan", str(tmp_path / "plan.json"),
                          "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: plan q_chunk must be an integer, got 'abc'\n"
+    assert err == "error: plan execution: q_chunk must be an integer, got 'abc'\n"
     assert not (tmp_path / "run").exists()

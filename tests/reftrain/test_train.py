@@ -107,8 +107,10 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path, capsys):
           "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}, "plan was made for model 'mistral-7b'"),
         ({"schema": "hloscope.plan/1", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 4, "tp": 1, "sp": 8},
           "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}, "needs 32 devices, this machine has 8"),
-        ({"schema": "hloscope.plan/1", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
-          "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full", "document_block": -4}, "plan document_block must be"),
+        ({"schema": "hloscope.plan/2", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
+          "execution": {"q_chunk": 16, "document_block": -4}}, "plan execution: document_block must be >= 0"),
+        ({"schema": "hloscope.plan/2", "model": "tiny", "seq_len": 64, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
+          "execution": {}}, "was made for 64 tokens; phase 1's longest sequence is"),
     ],
 )
 def test_bad_plans_are_refused(tmp_path, capsys, plan, message):
