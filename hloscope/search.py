@@ -190,8 +190,9 @@ def run_search(
         return outcome
 
     predicted = {c: predict(c.shape(base), target, devices, documents) for c in cands}
-    # On a tie (no documents to rank blocks by), a block before one whole-shard call: less memory.
-    pending = sorted(cands, key=lambda c: (predicted[c], c.document_block == 0))
+    # On a tie (no documents to rank blocks by), a block before one whole-shard call (less
+    # memory), and keeping on the device before offloading (its copies are not priced).
+    pending = sorted(cands, key=lambda c: (predicted[c], c.document_block == 0, c.remat == "offload_layer_inputs"))
     outcomes: dict[Candidate, Outcome] = {}
     rounds = max(1, jobs)
     with ThreadPoolExecutor(max_workers=rounds) as pool:
