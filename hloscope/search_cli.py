@@ -20,6 +20,8 @@ from hloscope.versions import toolchain_versions
 # analyses/results/speed_vs_anchor.md). --remat may name any of reftrain.config.REMAT_POLICIES
 # (imported when a search runs: `hloscope --help` loads no trainer).
 REMAT_OPTIONS = ("full", "save_attention", "save_dots_attention")
+# The model's document block (tests/test_document_defaults.py holds them equal) and one call.
+DOCUMENT_BLOCKS = (16384, 0)
 
 
 def _memory_budget(text: str, flag: str = "--memory") -> int:
@@ -52,7 +54,7 @@ def add_parser(commands) -> None:
     p.add_argument("--tp", default="1", help="tensor-parallel sizes to try (sp takes the rest), e.g. 1,2,4,8; the speed "
                    "model does not price communication, so tp is searched only when asked")
     p.add_argument("--layouts", default="contiguous,zigzag", help="ring layouts to try where sp > 1")
-    p.add_argument("--document-blocks", default="16384,0",
+    p.add_argument("--document-blocks", default=",".join(map(str, DOCUMENT_BLOCKS)),
                    help="GPU targets: cuDNN runs a shard with itself under documents in blocks of these many "
                         "tokens (0: one call, faster and larger; docs/gpu.md)")
     p.add_argument("--documents", type=int, default=0,

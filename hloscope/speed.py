@@ -29,6 +29,7 @@ device it is none; on several, ring steps overlap it with compute (docs/search.m
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class SpeedFit:
     source: str = ""
 
 
+@functools.cache  # read once: the search predicts every candidate at every length
 def load_fit(path: Path = FIT_PATH) -> SpeedFit:
     raw = json.loads(path.read_text())
     return SpeedFit(**{name: raw[name] for name in SpeedFit.__dataclass_fields__})

@@ -1,6 +1,7 @@
-"""Greedy decoding by repeated full forwards on a fixed, padded buffer (no KV cache).
+"""Greedy decoding: with a key-value cache on one device (_cached_decode.py), or by repeated full
+forwards on a fixed, padded buffer (with a mesh, and as the tests' reference).
 
-Each new token costs one forward over the whole buffer `[B, P]`: the prompt and the tokens so
+Without the cache each new token costs one forward over the whole buffer `[B, P]`: the prompt and the tokens so
 far are segment 1, the rest is padding (segment 0, which attends to nothing and is seen by
 nothing), and the next token is the argmax of the logits at the last real position. P is the
 prompt length plus `max_new_tokens`, rounded up to a multiple of `64 x sp`, so one program per
@@ -18,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from reftrain.config import ModelConfig
+from reftrain.eval._cached_decode import cached_decoder
 from reftrain.model import hidden_states, lm_head_kernel
 
 PAD_QUANTUM = 64
@@ -55,14 +57,19 @@ def _decoder(config: ModelConfig, mesh: Mesh | None, max_new_tokens: int):
 
 
 def greedy_decode(config: ModelConfig, params, prompts: np.ndarray, *, max_new_tokens: int,
-                  mesh: Mesh | None = None, pad_id: int = 0) -> np.ndarray:
+                  mesh: Mesh | None = None, pad_id: int = 0, cache: bool = True) -> np.ndarray:
     """Returns int32 `[B, max_new_tokens]`: the greedy continuation of each prompt.
 
-    prompts: int32 `[B, L]`, all of the same length L. With a mesh, the buffer is split over
-    its `sp` axis (ring attention when sp > 1) and B over dp x fsdp.
+    prompts: int32 `[B, L]`, all of the same length L. On one device (no mesh, or a mesh of
+    one; with `cache`): one prefill and a key-value cache. On a larger mesh the buffer is split
+    over its `sp` axis (ring attention when sp > 1) and B over dp x fsdp, and every token runs a
+    full forward.
     """
     prompts = np.asarray(prompts, np.int32)
     batch, prompt_len = prompts.shape
+    if cache and (mesh is None or mesh.size == 1):
+        generated = cached_decoder(config, max_new_tokens, PAD_QUANTUM)(params, jnp.asarray(prompts))
+        return np.asarray(jax.device_get(generated))
     sp = mesh.shape["sp"] if mesh is not None else 1
     tokens = np.full((batch, buffer_length(prompt_len, max_new_tokens, sp)), pad_id, np.int32)
     tokens[:, :prompt_len] = prompts

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reftrain.config import get_config
+from reftrain.config import YarnConfig, get_config
 from reftrain.data import load_tokenizer
 from reftrain.eval import (
     NEEDLE,
@@ -185,6 +185,25 @@ def test_padded_greedy_decode_matches_growing_forwards():
     ring = greedy_decode(config, jax.device_put(params, param_shardings(params, mesh)), prompts, max_new_tokens=4,
                          mesh=mesh)
     np.testing.assert_array_equal(ring, expected[:, 21:])
+
+
+@given(length=st.integers(1, 150), batch=st.integers(1, 3), new=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_the_key_value_cache_decodes_what_full_forwards_do(length, batch, new, seed):
+    """One prefill (the prompt padded to 64 tokens, padding masked) and a cache of RoPE'd keys and
+    values: the same tokens as a full forward per token, for any prompt length, with GQA."""
+    config = get_config("tiny", **SMALL, compute_dtype="float32")
+    params = init_params(config, jax.random.key(seed % 7))
+    prompts = np.asarray(jax.random.randint(jax.random.key(seed), (batch, length), 3, config.vocab_size), np.int32)
+    cached = greedy_decode(config, params, prompts, max_new_tokens=new)
+    np.testing.assert_array_equal(cached, greedy_decode(config, params, prompts, max_new_tokens=new, cache=False))
+
+
+def test_the_cache_carries_yarn_and_long_theta():
+    config = get_config("tiny", **SMALL, compute_dtype="float32", rope_theta=75e6, yarn=YarnConfig(factor=4.0, original_length=64))
+    params = init_params(config, jax.random.key(3))
+    prompts = np.asarray(jax.random.randint(jax.random.key(4), (2, 200), 3, config.vocab_size), np.int32)
+    np.testing.assert_array_equal(greedy_decode(config, params, prompts, max_new_tokens=4),
+                                  greedy_decode(config, params, prompts, max_new_tokens=4, cache=False))
 
 
 def test_run_niah_on_a_random_model(tokenizer, books, small):
