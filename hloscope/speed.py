@@ -129,6 +129,9 @@ def step_work(config: ModelConfig, seq: int, mesh: dict[str, int], device_kind: 
         calls_per_pass, blocks = _cudnn_calls(c, local, sp, lengths), 0
     else:
         blocks = (sp - 1) * (local // c.q_chunk) * (local // c.kv_chunk) + _diagonal_blocks(local, c.q_chunk, c.kv_chunk)
+        if c.sequence_layout == "zigzag" and sp > 1:  # balanced: every device a share of the row's blocks
+            blocks = math.ceil((sp * (sp - 1) // 2 * (local // c.q_chunk) * (local // c.kv_chunk)
+                                + sp * _diagonal_blocks(local, c.q_chunk, c.kv_chunk)) / sp)
         pairs, calls_per_pass = blocks * c.q_chunk * c.kv_chunk, 0
     passes = 1 + (1 if attention_again else 0) + BACKWARD_OVER_FORWARD
     heads = c.num_q_heads / tp

@@ -116,6 +116,9 @@ def test_speed_model_ranks_remat_and_chunks():
     assert predicted_seconds(config.replace(q_chunk=512, kv_chunk=512), 524_288, mesh, target) == full
     xla = config.replace(attention_kernel="xla")
     assert predicted_seconds(xla.replace(q_chunk=512, kv_chunk=512), 524_288, mesh, target) > predicted_seconds(xla, 524_288, mesh, target)
+    # A zigzag ring balances the causal work, under either kernel: the busiest device does less.
+    for c in (config, xla):
+        assert predicted_seconds(c.replace(sequence_layout="zigzag"), 524_288, mesh, target) < predicted_seconds(c, 524_288, mesh, target)
 
 
 def test_speed_model_counts_documents_and_their_calls():
