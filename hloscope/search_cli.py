@@ -189,19 +189,20 @@ def run(args: argparse.Namespace) -> int:
     console.print(_table(outcomes, chosen, budget, args.margin))
     if chosen is None:
         console.print(f"no candidate fits {args.model} at {args.seq:,} tokens on {args.devices} x {args.target}")
-        return 1
-    c = chosen.candidate
-    sizes = c.shape(base).mesh_sizes(args.devices)
-    console.print(
-        f"chosen: remat={c.remat} document_block={c.document_block} mesh={sizes} layout={c.layout} "
-        f"q_chunk={c.q_chunk} kv_chunk={c.kv_chunk}: xla_total {gib(chosen.figures['xla_total'])} per device, "
-        f"headroom {gib(chosen.headroom_bytes)}, predicted step {chosen.predicted_s:.2f} s"
-    )
+    else:
+        c = chosen.candidate
+        console.print(
+            f"chosen: remat={c.remat} document_block={c.document_block} mesh={c.shape(base).mesh_sizes(args.devices)} "
+            f"layout={c.layout} q_chunk={c.q_chunk} kv_chunk={c.kv_chunk}: xla_total {gib(chosen.figures['xla_total'])} "
+            f"per device, headroom {gib(chosen.headroom_bytes)}, predicted step {chosen.predicted_s:.2f} s"
+        )
     if args.max_seq:
-        step = sizes["sp"] * max(c.q_chunk, c.kv_chunk)
-        upper = args.max_seq_limit or 4 * args.seq
-        # Fitting is monotone in length; on the chosen mesh, the first --remat policy (full by
-        # default) and the smallest document block need the least memory, so they reach furthest.
+        # Fitting is monotone in length; on the chosen mesh (the first candidate's when none fits
+        # at --seq, whose longest is then below it) the first --remat policy (full by default) and
+        # the smallest document block need the least memory, so they reach furthest.
+        c = chosen.candidate if chosen is not None else cands[0]
+        step = c.shape(base).mesh_sizes(args.devices)["sp"] * max(c.q_chunk, c.kv_chunk)
+        upper = args.max_seq_limit or (4 * args.seq if chosen is not None else args.seq - step)
         lightest = [replace(c, remat=_remats(args.remat)[0], document_block=min((b for b in blocks if b), default=0))]
         seq, best = longest_fitting(
             base, args.target, args.devices, lightest, budget=budget, margin=args.margin, step=step, upper=upper,
@@ -218,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
                 console.print(f"wrote {args.max_seq_out} (the plan for {seq:,} tokens)")
         else:
             console.print(f"nothing fits at {step:,} tokens with {lightest[0].remat}")
+    if chosen is None:
+        return 1
     if args.out is not None:
         _write_plan(args, target, base, args.seq, chosen, budget, host_budget, args.out)
         console.print(f"wrote {args.out}")

@@ -194,3 +194,16 @@ def test_max_seq_finds_the_longest_length_and_writes_its_plan(tmp_path, capsys):
     assert "predicted not to fit" in out and json.loads(longest.read_text())["seq_len"] in (1024, 2048)
     assert cli.main([*SEARCH, "--max-seq-out", str(longest)]) == 2
     assert "--max-seq-out needs --max-seq" in capsys.readouterr().err
+
+
+def test_max_seq_searches_below_a_length_that_does_not_fit(tmp_path, capsys):
+    longest = tmp_path / "longest.json"
+    assert cli.main([*SEARCH, "--seq", "1024", "--out", str(tmp_path / "small.json")]) == 0
+    small = json.loads((tmp_path / "small.json").read_text())["predicted"]["xla_total"]
+    # A budget that 1,024 tokens fit and 4,096 do not: the search at 4,096 fails (exit 1), and
+    # --max-seq still finds the longest length below it and writes its plan.
+    args = [*SEARCH, "--seq", "4096", "--memory", str(int(small * 1.05 / 0.9)), "--max-seq", "--max-seq-out", str(longest)]
+    assert cli.main(args) == 1
+    out = capsys.readouterr().out
+    assert "no candidate fits tiny at 4,096 tokens" in out and "longest that fits" in out
+    assert 1024 <= json.loads(longest.read_text())["seq_len"] < 4096
