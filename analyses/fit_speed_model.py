@@ -98,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                (f" (largest error {max(abs(r['error']) for r in held):.1%})" if held else ""))
     result = {"fit": coefficients.__dict__, "rows": table, "summary": summary}
     write_json(args.out_dir / "speed_model.json", result)
-    atomic_write_bytes(args.out_dir / "speed_model.md", (_table(table) + "\n\n" + summary + "\n").encode())
+    header = (f"hloscope's speed model (hloscope/speed.py) fitted by `python analyses/fit_speed_model.py` on "
+              f"{source}: matmul efficiency {coefficients.matmul_efficiency:.3f}, attention efficiency "
+              f"{coefficients.attention_efficiency:.3f}, {coefficients.seconds_per_call * 1e3:.2f} ms a cuDNN call, "
+              f"{coefficients.fixed_seconds:.3f} s a step. Held-out rows: {', '.join(args.check)}; "
+              f"error = predicted / measured - 1.\n\n")
+    atomic_write_bytes(args.out_dir / "speed_model.md", (header + _table(table) + "\n\n" + summary + "\n").encode())
     print(json.dumps(coefficients.__dict__, indent=1))
     print(_table(table))
     print(summary)
