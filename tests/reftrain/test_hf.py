@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 from transformers import MistralConfig, MistralForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from reftrain.config import EXECUTION_FIELDS, ModelConfig, YarnConfig, get_config
+from reftrain.config import ARCHITECTURE_FIELDS, EXECUTION_FIELDS, ModelConfig, YarnConfig, get_config
 from reftrain.hf import (
     CheckpointError,
     config_from_hf,
@@ -375,3 +375,14 @@ def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
     lines = result.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("error: ")
     return [line for line in lines if not line.startswith(("WARNING: All log messages", "I0000", "W0000", "E0000"))]
+
+
+def test_every_architecture_field_round_trips_through_config_json():
+    """A field added to the architecture without its config.json key would be lost on export."""
+    base = get_config("tiny")
+    changed = base.replace(vocab_size=1000, hidden_size=96, num_layers=3, num_q_heads=6, num_kv_heads=3, head_dim=16,
+                           intermediate_size=200, rms_norm_eps=3e-6, tie_embeddings=True, rope_theta=5e5,
+                           yarn=YarnConfig(factor=2.0, original_length=4096, ramp="index"), initializer_range=0.05)
+    assert all(getattr(changed, name) != getattr(base, name) for name in ARCHITECTURE_FIELDS)
+    back = config_from_hf(json.loads(json.dumps(config_to_hf(changed))))
+    assert {name: getattr(back, name) for name in ARCHITECTURE_FIELDS} == {name: getattr(changed, name) for name in ARCHITECTURE_FIELDS}
