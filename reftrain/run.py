@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from reftrain.argparse_one_line import OneLineParser
+from reftrain.platform_choice import cpu_unless_a_gpu_is_here
 
 EPILOG = """examples:
   python -m reftrain.run --phase 1                      # tiny preset, 8 virtual CPU devices, runs/tiny
@@ -175,6 +176,7 @@ def _distributed(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cpu_unless_a_gpu_is_here()
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}".strip()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from reftrain.argparse_one_line import OneLineParser
+from reftrain.platform_choice import cpu_unless_a_gpu_is_here
 
 EPILOG = """examples:
   python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 256,512 --depths 0,50,100 --trials 2 --out niah
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sp < 1:
         print(f"error: --sp must be >= 1, got {args.sp}", file=sys.stderr)
         return 2
+    cpu_unless_a_gpu_is_here()
     flags = os.environ.get("XLA_FLAGS", "")
     if args.sp > 1 and "xla_force_host_platform_device_count" not in flags:
         # Only the CPU platform reads this: --sp N runs on N virtual devices there.
