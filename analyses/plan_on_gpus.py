@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _common import parse_args, write_json  # noqa: E402  (this folder is first on sys.path)
 
-from hloscope.speed import predicted_seconds  # noqa: E402
+from hloscope.speed import equal_documents, predicted_seconds  # noqa: E402
 from hloscope.targets import get_target  # noqa: E402
 from reftrain.config import get_config  # noqa: E402
 from reftrain.files import atomic_write_bytes  # noqa: E402
@@ -90,8 +90,7 @@ def score(result: dict, plan) -> dict:
     config = apply_plan(plan, get_config(plan.model), plan.devices)
     target = _target_of(plan, result["devices"])
     for r in result["steps"]:
-        k = r["documents_equivalent"]
-        documents = [r["seq_len"] // k] * k if k > 1 else None
+        documents = equal_documents(r["seq_len"], r["documents_equivalent"])
         r["predicted_seconds"] = predicted_seconds(config, r["seq_len"], plan.mesh, target, documents=documents) if target else None
         r["step_error"] = r["predicted_seconds"] / r["seconds"] - 1 if target else None
     measured = sum(r["seconds"] for r in result["steps"])

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from hloscope._files import atomic_write_text
 from hloscope.compile import CompileRequest, compile_in_worker
 from hloscope.programs.model_step import ModelStepShape
-from hloscope.speed import predicted_seconds
+from hloscope.speed import equal_documents, predicted_seconds
 from hloscope.targets import DEFAULT_MARGIN, get_target
 from hloscope.versions import toolchain_versions
 
@@ -118,8 +118,8 @@ def _cache_key(program: str, kwargs: dict, target: str, devices: int) -> str:
 def predict(shape: ModelStepShape, target: str, devices: int, documents: int = 0) -> float:
     """Predicted step seconds of `shape` with `documents` equal documents per row (0: one)."""
     shape = shape.resolved()
-    lengths = [shape.seq // documents] * documents if documents else None
-    return predicted_seconds(shape.config(), shape.seq, shape.mesh_sizes(devices), get_target(target), documents=lengths)
+    return predicted_seconds(shape.config(), shape.seq, shape.mesh_sizes(devices), get_target(target),
+                             documents=equal_documents(shape.seq, documents))
 
 
 def evaluate(

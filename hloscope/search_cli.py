@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     # jax's CUDA plugin writes to fd 2 as it loads.
     with native_noise_filtered():
         from hloscope.programs.model_step import ModelStepShape
-        from hloscope.search import candidates, choose, longest_fitting, run_search
+        from hloscope.search import MEMORY_ORDER, candidates, choose, longest_fitting, run_search
 
     try:
         target = get_target(args.target)
@@ -198,12 +198,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.max_seq:
         # Fitting is monotone in length; on the chosen mesh (the first candidate's when none fits
-        # at --seq, whose longest is then below it) the first --remat policy (full by default) and
+        # at --seq, whose longest is then below it) the lightest --remat policy (MEMORY_ORDER) and
         # the smallest document block need the least memory, so they reach furthest.
         c = chosen.candidate if chosen is not None else cands[0]
         step = c.shape(base).mesh_sizes(args.devices)["sp"] * max(c.q_chunk, c.kv_chunk)
         upper = args.max_seq_limit or (4 * args.seq if chosen is not None else args.seq - step)
-        lightest = [replace(c, remat=_remats(args.remat)[0], document_block=min((b for b in blocks if b), default=0))]
+        remat = min(_remats(args.remat), key=MEMORY_ORDER.index)
+        lightest = [replace(c, remat=remat, document_block=min((b for b in blocks if b), default=0))]
         seq, best = longest_fitting(
             base, args.target, args.devices, lightest, budget=budget, margin=args.margin, step=step, upper=upper,
             jobs=args.jobs, timeout_s=args.timeout, use_cache=not args.no_cache, documents=args.documents,

@@ -153,6 +153,11 @@ def _cudnn_calls(c: ModelConfig, local: int, sp: int, lengths: list[int]) -> int
     return (sp - 1) + groups * blocks * (blocks + 1) // 2
 
 
+def equal_documents(seq: int, count: int) -> list[int] | None:
+    """`count` equal documents filling a `seq`-token row, as `documents` takes them (None: one)."""
+    return [seq // count] * count if count > 1 else None
+
+
 def predicted_seconds(config: ModelConfig, seq: int, mesh: dict[str, int], target,
                       documents: list[int] | None = None, fit: SpeedFit | None = None) -> float:
     """Predicted seconds of one optimizer step on `target` (hloscope.targets.Target)."""
