@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reftrain.config import ModelConfig
-from reftrain.flops import peak_flops_of_kind
+from reftrain.flops import peak_flops_of_kind, projection_parameters
 
 # Per remat policy (reftrain.remat): the projections whose forward the backward runs again,
 # and whether attention's forward runs again.
@@ -90,13 +90,6 @@ class StepWork:
                 + fit.fixed_seconds)
 
 
-def _projection_parameters(c: ModelConfig) -> dict[str, int]:
-    return {"q": c.hidden_size * c.num_q_heads * c.head_dim, "k": c.hidden_size * c.num_kv_heads * c.head_dim,
-            "v": c.hidden_size * c.num_kv_heads * c.head_dim, "o": c.num_q_heads * c.head_dim * c.hidden_size,
-            "gate": c.hidden_size * c.intermediate_size, "up": c.hidden_size * c.intermediate_size,
-            "down": c.intermediate_size * c.hidden_size}
-
-
 def _diagonal_blocks(length: int, q_chunk: int, kv_chunk: int) -> int:
     """Blocks our XLA kernel computes for a shard with itself: all but those the causal mask
     hides entirely."""
@@ -111,7 +104,7 @@ def step_work(config: ModelConfig, seq: int, mesh: dict[str, int], device_kind: 
     sp, tp = mesh["sp"], mesh["tp"]
     devices = math.prod(mesh.values())
     local = seq // sp
-    projections = _projection_parameters(c)
+    projections = projection_parameters(c)  # reftrain's one parameter formula
     again, attention_again = RECOMPUTED[c.remat_policy]
     layer_tokens = c.num_layers * seq / devices
     matmul = (6 * sum(projections.values()) + 2 * sum(projections[name] for name in again)) * layer_tokens

@@ -17,10 +17,18 @@ from reftrain.config import ModelConfig
 PEAK_FLOPS = {"NVIDIA A100": 312e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA B200": 2250e12}
 
 
+def projection_parameters(config: ModelConfig) -> dict[str, int]:
+    """Parameters of each matmul of one decoder layer, by name: q, k, v, o and the gated MLP's
+    gate, up, down (hloscope's speed model prices the ones a remat policy runs again)."""
+    c = config
+    attention, mlp = c.hidden_size * c.head_dim, c.hidden_size * c.intermediate_size
+    return {"q": attention * c.num_q_heads, "k": attention * c.num_kv_heads, "v": attention * c.num_kv_heads,
+            "o": attention * c.num_q_heads, "gate": mlp, "up": mlp, "down": mlp}
+
+
 def layer_matmul_parameters(config: ModelConfig) -> int:
     """Matmul parameters of one decoder layer: q, k, v, o projections and the gated MLP."""
-    c = config
-    return c.hidden_size * c.head_dim * (2 * c.num_q_heads + 2 * c.num_kv_heads) + 3 * c.hidden_size * c.intermediate_size
+    return sum(projection_parameters(config).values())
 
 
 def layer_parameters(config: ModelConfig) -> int:
