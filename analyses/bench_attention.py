@@ -37,18 +37,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _isolated import run_isolated  # noqa: E402  (this folder is first on sys.path)
+from _documents import document_lengths  # noqa: E402  (this folder is first on sys.path)
+from _isolated import run_isolated  # noqa: E402
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 VARIANTS = ("16/0", "16/4096", "8/8192", "4/16384", "2/32768")
-
-
-def document_lengths(length: int, count: int, seed: int = 0) -> list[int]:
-    """`count` document lengths (multiples of 128, random cuts) summing to `length`."""
-    import numpy as np
-
-    cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, length // 128), count - 1, replace=False)) * 128
-    return np.diff(np.concatenate([[0], cuts, [length]])).tolist()
 
 
 def attention_flops(length: int, documents: list[int] | None) -> float:

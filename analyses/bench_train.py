@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _isolated import run_isolated  # noqa: E402  (this folder is first on sys.path)
+from _documents import document_lengths  # noqa: E402  (this folder is first on sys.path)
+from _isolated import run_isolated  # noqa: E402
 
 
 def _timed(fn, *args, runs: int = 5):
@@ -64,12 +65,17 @@ def _document_lengths(length: int, rng) -> list[int]:
 
 
 def _case_inputs(case: dict, vocab_size: int):
-    """(tokens [1, length], document lengths or None): what the case trains on, reproducibly."""
+    """(tokens [1, length], document lengths or None): what the case trains on, reproducibly.
+    `documents`: 0 (or False) one sequence; 1 (or True) documents of 2K-16K tokens; N > 1, N
+    documents of random lengths (`_documents.document_lengths`), from a few to one per 128 tokens."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab_size, (1, case["length"]))
-    return tokens, (_document_lengths(case["length"], rng) if case["documents"] else None)
+    count = int(case["documents"])
+    if count <= 1:
+        return tokens, (_document_lengths(case["length"], rng) if count else None)
+    return tokens, document_lengths(case["length"], count)
 
 
 def _derived(case: dict, step_s: float, peak_flops: float | None) -> dict:
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reftrain.remat policies")
     parser.add_argument("--anchor", type=Path, help="also run this plain-JAX step (../shared/bench/anchor_train.py) "
                         "with REMAT=full and none at each length, in the same run, and give tokens/s against its faster one")
-    parser.add_argument("--documents", nargs="+", type=int, default=[0, 1], help="1: packed documents (segment ids)")
+    parser.add_argument("--documents", nargs="+", type=int, default=[0, 1],
+                        help="0: one sequence; 1: packed documents of 2K-16K tokens; N > 1: N documents of random lengths")
     parser.add_argument("--kernel", default="auto", choices=["auto", "xla", "cudnn"])
     parser.add_argument("--document-block", type=int, help="cuDNN with documents: blocks of a shard with itself "
                         "(0: one call; default: the model's)")
@@ -170,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") != "false":
         print("set XLA_PYTHON_CLIENT_PREALLOCATE=false: peak memory is meaningless with a preallocated pool", file=sys.stderr)
         return 2
+    if any(n < 0 or n * 128 > min(args.lengths) for n in args.documents):
+        print(f"bad --documents {args.documents}: each from 0 to the shortest length / 128", file=sys.stderr)
+        return 2
     from reftrain.files import atomic_write_bytes
 
     rows = []
@@ -182,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
         for remat in args.remat:
             for documents in args.documents:
-                case = {"length": length, "layers": args.layers, "remat": remat, "documents": bool(documents),
+                case = {"length": length, "layers": args.layers, "remat": remat, "documents": documents,
                         "kernel": args.kernel, "steps": args.steps, "document_block": args.document_block}
                 row = run_isolated([__file__, "--one", json.dumps(case)], case, timeout=args.timeout)
                 rows.append(row)

@@ -5,8 +5,8 @@
 Each row of an `analyses/bench_train.py` JSON is one measured step (median of its timed steps)
 on one GPU: length, layers, remat policy, documents (the bench's packed row) and document
 block. `hloscope.speed.step_work` counts the work of each (matmul and attention FLOPs as
-executed, recompute included, and cuDNN calls); non-negative least squares over the `--fit`
-rows gives the model's four coefficients, and every `--check` row, none of which the fit saw,
+executed, recompute included, cuDNN calls and their padded slots); non-negative least squares
+over the `--fit` rows gives the model's five coefficients, and every `--check` row, none of which the fit saw,
 is predicted and compared. `--write-fit` stores the coefficients in `hloscope/speed_fit.json`,
 which `hloscope search` uses. Writes <out-dir>/speed_model.json and .md (the table).
 """
@@ -26,8 +26,12 @@ from bench_train import _case_inputs, _config  # noqa: E402
 from hloscope.speed import FIT_PATH, SpeedFit, step_work  # noqa: E402
 from reftrain.files import atomic_write_bytes  # noqa: E402
 
-FIT_ROWS = ["bench_remat_32k.json", "bench_remat_32k_docs.json", "bench_remat_64k.json", "bench_remat_64k_full.json"]
-CHECK_ROWS = [f"bench_speed_heldout_{part}.json" for part in "abcdef"] + ["bench_docs_one_call.json"]
+# Steps with many documents (bench_speed_docs_*: 16 to 512 documents, blocks of 16K and whole
+# shards) were split into fit (f) and held-out (h) rows before they were measured.
+FIT_ROWS = ["bench_remat_32k.json", "bench_remat_32k_docs.json", "bench_remat_64k.json", "bench_remat_64k_full.json"] + [
+    f"bench_speed_docs_{part}.json" for part in ("f1", "f2", "f4", "f7")]
+CHECK_ROWS = [f"bench_speed_heldout_{part}.json" for part in "abcdef"] + ["bench_docs_one_call.json"] + [
+    f"bench_speed_docs_{part}.json" for part in ("h3", "h5", "h6", "h8")]
 WITHIN = 0.10
 
 
@@ -56,12 +60,12 @@ def _work(row: dict):
 
 def fit(rows: list[dict], source: str) -> SpeedFit:
     works = [_work(row)[1] for row in rows]
-    features = np.array([[w.matmul_flops / w.peak_flops, w.attention_flops / w.peak_flops, w.attention_calls, 1.0]
-                         for w in works])
+    features = np.array([[w.matmul_flops / w.peak_flops, w.attention_flops / w.peak_flops, w.attention_calls,
+                          w.padded_elements, 1.0] for w in works])
     coefficients, _ = nnls(features, np.array([row["step_s"] for row in rows]))
-    inverse_mm, inverse_attention, per_call, fixed = (float(c) for c in coefficients)
+    inverse_mm, inverse_attention, per_call, per_padded, fixed = (float(c) for c in coefficients)
     return SpeedFit(matmul_efficiency=1 / inverse_mm, attention_efficiency=1 / inverse_attention,
-                    seconds_per_call=per_call, fixed_seconds=fixed, source=source)
+                    seconds_per_call=per_call, seconds_per_padded_element=per_padded, fixed_seconds=fixed, source=source)
 
 
 def _table(rows: list[dict]) -> str:
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"hloscope's speed model (hloscope/speed.py) fitted by `python analyses/fit_speed_model.py` on "
               f"{source}: matmul efficiency {coefficients.matmul_efficiency:.3f}, attention efficiency "
               f"{coefficients.attention_efficiency:.3f}, {coefficients.seconds_per_call * 1e3:.2f} ms a cuDNN call, "
+              f"{coefficients.seconds_per_padded_element * 1e12:.3f} ps a padded element, "
               f"{coefficients.fixed_seconds:.3f} s a step. Held-out rows: {', '.join(args.check)}; "
               f"error = predicted / measured - 1.\n\n")
     atomic_write_bytes(args.out_dir / "speed_model.md", (header + _table(table) + "\n\n" + summary + "\n").encode())

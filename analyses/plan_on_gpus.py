@@ -8,13 +8,15 @@ accumulation), on all local devices (one GPU or eight, the same command; on a CP
 virtual CPU devices of `--cpu-devices`). Then it reads the run's metrics.jsonl and writes
 <out-dir>/<name>.json and .md: the measured peak (`peak_bytes_in_use`, the largest of any
 device) against the plan's `xla_total`, and each step's seconds (the first, which compiles, is
-left out) against hloscope's speed model for that step's documents (its attended length), and
-their total. Exit 1 when the peak is more than 5% off or the total more than 10% off.
-`--rescore NAME.json` recomputes the predictions of a saved result with the current model.
+left out) against hloscope's speed model for that step's documents and padding (read again
+from the same data stream: the phase, its stage, the seed), and their total. Exit 1 when the peak
+is more than 5% off or the total more than 10% off. `--rescore NAME.json` recomputes the
+predictions of a saved result with the current model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,11 +27,13 @@ from pathlib import Path
 
 from _common import parse_args, write_json  # noqa: E402  (this folder is first on sys.path)
 
-from hloscope.speed import equal_documents, predicted_seconds  # noqa: E402
+from hloscope.speed import predicted_seconds  # noqa: E402
+from reftrain.data import DEFAULT_SPEC  # noqa: E402
 from hloscope.targets import get_target  # noqa: E402
 from reftrain.config import get_config  # noqa: E402
 from reftrain.files import atomic_write_bytes  # noqa: E402
 from reftrain.plan import apply_plan, load_plan, plan_from_dict  # noqa: E402
+from reftrain.platform_choice import cpu_unless_a_gpu_is_here  # noqa: E402
 
 PEAK_WITHIN, STEP_WITHIN = 0.05, 0.10
 
@@ -56,6 +60,29 @@ def train(plan_path: Path, phase: int, steps: int, run_dir: Path, cpu_devices: i
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def step_documents(model: str, phase: int, seq_len: int, steps: int) -> list[dict]:
+    """Each step's row as `train` fed it (the phase at `seq_len`, one row a step, seed 0): its
+    document lengths in order and the padding after them."""
+    import jax
+    import numpy as np
+
+    from reftrain.phases import get_phase
+    from reftrain.run import apply_settings
+    from reftrain.sharding import make_mesh
+    from reftrain.train.data_feed import PhaseFeed
+
+    fed, _ = apply_settings(get_phase(model, phase), get_config(model), [("stages", f"{seq_len}x{steps}x1")])
+    feed = PhaseFeed(dataclasses.replace(fed, grad_accum=1), DEFAULT_SPEC, make_mesh(devices=jax.devices()[:1]),
+                     grad_accum=1, seed=0)
+    rows = []
+    for step in range(steps):
+        ids = np.asarray(feed.batch(step)["segment_ids"]).reshape(-1)
+        starts = np.flatnonzero(np.diff(ids, prepend=-1))
+        runs = np.diff(np.append(starts, len(ids)))
+        rows.append({"documents": runs[ids[starts] != 0].tolist(), "padding": int(runs[ids[starts] == 0].sum())})
+    return rows
+
+
 def _target_of(plan, devices: dict):
     """The plan's target where it is the device that ran (the speed model prices GPUs only)."""
     target = get_target(plan.target["name"]) if plan.target.get("name") else None
@@ -64,20 +91,19 @@ def _target_of(plan, devices: dict):
     return target
 
 
-def compare(plan_path: Path, records: list[dict], devices: dict) -> dict:
+def compare(plan_path: Path, records: list[dict], devices: dict, phase: int) -> dict:
     """Measured against predicted: the peak, and each timed step (all but the first, which
     compiles) against the speed model for that step's documents."""
     plan = load_plan(plan_path)
     timed = records[1:] or records
+    rows_fed = step_documents(plan.model, phase, plan.seq_len, len(records))
     rows = [{"step": r["step"], "seq_len": r["seq_len"], "seconds": r["seconds"], "peak_bytes": r.get("peak_bytes"),
-             "loss": r["loss"],
-             # k equal documents with the step's attended length have its sum of squared lengths.
-             "documents_equivalent": max(1, round(r["seq_len"] / r["attention_length"])) if r["attention_length"] else 1}
+             "loss": r["loss"], **rows_fed[r["step"]]}
             for r in timed]
     peak = max((r["peak_bytes"] for r in records if r.get("peak_bytes")), default=None)
     predicted_peak = plan.predicted.get("xla_total")
     result = {
-        "plan": plan.to_dict(), "devices": devices, "steps": rows, "peak_bytes": peak, "predicted_peak_bytes": predicted_peak,
+        "plan": plan.to_dict(), "phase": phase, "devices": devices, "steps": rows, "peak_bytes": peak, "predicted_peak_bytes": predicted_peak,
         "peak_error": peak / predicted_peak - 1 if peak and predicted_peak else None,
         "finite_losses": all(math.isfinite(r["loss"]) for r in records),
     }
@@ -89,9 +115,15 @@ def score(result: dict, plan) -> dict:
     model changes: --rescore)."""
     config = apply_plan(plan, get_config(plan.model), plan.devices)
     target = _target_of(plan, result["devices"])
+    if "documents" not in result["steps"][0]:  # saved before the rows were recorded: read them again
+        fed = step_documents(plan.model, result.get("phase", 1), plan.seq_len, max(r["step"] for r in result["steps"]) + 1)
+        for r in result["steps"]:
+            r.pop("documents_equivalent", None)  # what was recorded instead: the attended length's equal documents
+            r.update(fed[r["step"]])
     for r in result["steps"]:
-        documents = equal_documents(r["seq_len"], r["documents_equivalent"])
-        r["predicted_seconds"] = predicted_seconds(config, r["seq_len"], plan.mesh, target, documents=documents) if target else None
+        documents, padding = r["documents"], r["padding"]
+        r["predicted_seconds"] = (predicted_seconds(config, r["seq_len"], plan.mesh, target, documents=documents,
+                                                    padding=padding) if target else None)
         r["step_error"] = r["predicted_seconds"] / r["seconds"] - 1 if target else None
     measured = sum(r["seconds"] for r in result["steps"])
     predicted = sum(r["predicted_seconds"] for r in result["steps"]) if target else None
@@ -115,18 +147,22 @@ def _markdown(result: dict) -> str:
         f"| peak bytes per device | {gib(result['predicted_peak_bytes'])} | {gib(result['peak_bytes'])} | {pct(result['peak_error'])} |",
         f"| seconds of the {len(result['steps'])} timed steps | {seconds(result['predicted_seconds'])} | "
         f"{seconds(result['seconds'])} | {pct(result['step_error'])} |", "",
-        "| step | documents (equivalent) | seconds | predicted | error | loss |", "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| step | documents | longest | padding | seconds | predicted | error | loss |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {r['step']} | {r['documents_equivalent']} | {r['seconds']:.3f} | {seconds(r['predicted_seconds'])} | "
-              f"{pct(r['step_error'])} | {r['loss']:.3f} |" for r in result["steps"]]
+    lines += [f"| {r['step']} | {len(r['documents'])} | {max(r['documents'], default=0):,} | {r['padding']:,} | "
+              f"{r['seconds']:.3f} | {seconds(r['predicted_seconds'])} | {pct(r['step_error'])} | {r['loss']:.3f} |"
+              for r in result["steps"]]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, _configure, argv)
     if args.rescore:
+        cpu_unless_a_gpu_is_here()  # the data stream is read again on this host's CPU if need be
         result = json.loads(args.rescore.read_text())
-        result = score(result, plan_from_dict(result["plan"]))
+        plan = plan_from_dict(result["plan"])
+        result = score({**result, "plan": plan.to_dict()}, plan)  # a plan of an older schema, as read today
         write_json(args.rescore, result)
         atomic_write_bytes(args.rescore.with_suffix(".md"), _markdown(result).encode())
         print(_markdown(result))
@@ -142,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax  # after the run: this process holds no device memory while it trains
 
     devices = {"count": jax.device_count(), "kind": jax.devices()[0].device_kind, "jax": jax.__version__}
-    result = compare(args.plan, records, devices)
+    result = compare(args.plan, records, devices, args.phase)
     write_json(args.out_dir / f"{args.name}.json", result)
     atomic_write_bytes(args.out_dir / f"{args.name}.md", _markdown(result).encode())
     print(_markdown(result))

@@ -28,6 +28,9 @@ def test_a_searched_plan_trains_on_every_device_and_is_compared(tmp_path):
     assert result["devices"]["count"] == 8 and result["plan"]["execution"]["sequence_layout"] == "zigzag"
     assert [r["step"] for r in result["steps"]] == [1] and result["finite_losses"]
     assert result["steps"][0]["seconds"] > 0 and result["seconds"] == result["steps"][0]["seconds"]
+    # The step's row as the data stream fed it, which the speed model is given (on a GPU host).
+    step = result["steps"][0]
+    assert step["documents"] and sum(step["documents"]) + step["padding"] == 1024 and result["phase"] == 1
     # CPU: no memory statistics, and the speed model prices GPUs only; both are said, not invented.
     assert result["peak_bytes"] is None and result["peak_error"] is None
     assert result["predicted_seconds"] is None and result["step_error"] is None
