@@ -32,6 +32,7 @@ from reftrain.data import DEFAULT_SPEC  # noqa: E402
 from hloscope.targets import get_target  # noqa: E402
 from reftrain.config import get_config  # noqa: E402
 from reftrain.files import atomic_write_bytes  # noqa: E402
+from reftrain.flops import documents_attended_length  # noqa: E402
 from reftrain.plan import apply_plan, load_plan, plan_from_dict  # noqa: E402
 from reftrain.platform_choice import cpu_unless_a_gpu_is_here  # noqa: E402
 
@@ -97,6 +98,11 @@ def compare(plan_path: Path, records: list[dict], devices: dict, phase: int) -> 
     plan = load_plan(plan_path)
     timed = records[1:] or records
     rows_fed = step_documents(plan.model, phase, plan.seq_len, len(records))
+    for r in records:  # the stream read again is the one that trained: its attended lengths agree
+        fed = documents_attended_length(rows_fed[r["step"]]["documents"], r["seq_len"])
+        if r.get("attention_length") is not None and not math.isclose(fed, r["attention_length"], rel_tol=1e-9):
+            raise RuntimeError(f"step {r['step']}: the data stream read again attends {fed:.1f} tokens, the run "
+                               f"logged {r['attention_length']:.1f}: not the stream it trained on")
     rows = [{"step": r["step"], "seq_len": r["seq_len"], "seconds": r["seconds"], "peak_bytes": r.get("peak_bytes"),
              "loss": r["loss"], **rows_fed[r["step"]]}
             for r in timed]

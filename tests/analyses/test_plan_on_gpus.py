@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from reftrain.plan import plan_from_dict
 from tests.analyses.conftest import REPO
 
@@ -51,3 +53,23 @@ def test_rescore_recomputes_the_speed_model_of_a_saved_gpu_result(tmp_path):
     assert all(step["predicted_seconds"] > 0 for step in again["steps"])
     assert again["predicted_seconds"] == sum(step["predicted_seconds"] for step in again["steps"])
     assert again["peak_error"] == saved["peak_error"] and abs(again["peak_error"]) < 0.05
+
+
+def test_a_stream_that_is_not_the_one_trained_on_is_refused(tmp_path, monkeypatch):
+    """compare() reads each step's row again from the data stream; where its attended length is
+    not what the run logged, the rows (and so the predictions) would be another run's: refused."""
+    monkeypatch.syspath_prepend(str(REPO / "analyses"))
+    import plan_on_gpus
+
+    from reftrain.config import get_config
+    from reftrain.plan import default_plan, write_plan
+
+    path = tmp_path / "plan.json"
+    write_plan(default_plan(get_config("tiny"), 1024, 1), path)
+    fed = plan_on_gpus.step_documents("tiny", 1, 1024, 2)
+    record = lambda step, attended: {"step": step, "seq_len": 1024, "seconds": 1.0, "loss": 1.0, "attention_length": attended}
+    truth = [plan_on_gpus.documents_attended_length(row["documents"], 1024) for row in fed]
+    devices = {"count": 1, "kind": "cpu", "jax": "-"}
+    assert plan_on_gpus.compare(path, [record(0, truth[0]), record(1, truth[1])], devices, 1)["steps"][0]["documents"]
+    with pytest.raises(RuntimeError, match="not the stream it trained on"):
+        plan_on_gpus.compare(path, [record(0, truth[0]), record(1, truth[1] + 1.0)], devices, 1)
