@@ -28,11 +28,11 @@ from pathlib import Path
 from _common import parse_args, write_json  # noqa: E402  (this folder is first on sys.path)
 
 from hloscope.speed import predicted_seconds  # noqa: E402
-from reftrain.data import DEFAULT_SPEC  # noqa: E402
 from hloscope.targets import get_target  # noqa: E402
 from reftrain.config import get_config  # noqa: E402
+from reftrain.data import DEFAULT_SPEC  # noqa: E402
 from reftrain.files import atomic_write_bytes  # noqa: E402
-from reftrain.flops import documents_attended_length  # noqa: E402
+from reftrain.flops import documents_attended_length, row_documents  # noqa: E402
 from reftrain.plan import apply_plan, load_plan, plan_from_dict  # noqa: E402
 from reftrain.platform_choice import cpu_unless_a_gpu_is_here  # noqa: E402
 
@@ -77,10 +77,8 @@ def step_documents(model: str, phase: int, seq_len: int, steps: int) -> list[dic
                      grad_accum=1, seed=0)
     rows = []
     for step in range(steps):
-        ids = np.asarray(feed.batch(step)["segment_ids"]).reshape(-1)
-        starts = np.flatnonzero(np.diff(ids, prepend=-1))
-        runs = np.diff(np.append(starts, len(ids)))
-        rows.append({"documents": runs[ids[starts] != 0].tolist(), "padding": int(runs[ids[starts] == 0].sum())})
+        documents, padding = row_documents(np.asarray(feed.batch(step)["segment_ids"]).reshape(-1))
+        rows.append({"documents": documents, "padding": padding})
     return rows
 
 

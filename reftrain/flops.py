@@ -63,12 +63,16 @@ def attended_length(segment_ids) -> float:
     rows = ids.reshape(-1, ids.shape[-1])
     if rows.shape[0] == 0 or rows.shape[1] == 0:
         return 0.0
-    total = 0.0
-    for row in rows:
-        starts = np.flatnonzero(np.diff(row, prepend=row[0] - 1))  # where a run of equal ids begins
-        lengths = np.diff(np.append(starts, row.size))
-        total += documents_attended_length(lengths[row[starts] != 0], row.size)
-    return total / rows.shape[0]
+    return sum(documents_attended_length(row_documents(row)[0], row.size) for row in rows) / rows.shape[0]
+
+
+def row_documents(row) -> tuple[list[int], int]:
+    """(the document lengths of one row of segment ids `[length]`, in order; its padding tokens):
+    a document is a run of one non-zero id, 0 is padding."""
+    row = np.asarray(row)
+    starts = np.flatnonzero(np.diff(row, prepend=row[0] - 1))  # where a run of equal ids begins
+    lengths = np.diff(np.append(starts, row.size))
+    return lengths[row[starts] != 0].tolist(), int(lengths[row[starts] == 0].sum())
 
 
 def attention_flops_per_token(config: ModelConfig, attended: float) -> float:
