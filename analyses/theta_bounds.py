@@ -24,11 +24,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from _common import Claim, parse_args, print_claims, print_table, save_figure, write_json
-from reftrain.rope import inverse_frequencies
+from reftrain.rope import XU_COEFFICIENT, XU_EXPONENT, inverse_frequencies, xu_lower_bound
 
-# Xu et al. (2024), Fig. 1: the fitted lower bound of the RoPE base for context length L.
-FIT_COEFF = 0.0424
-FIT_EXPONENT = 1.628
 TWO_PI = 2 * math.pi
 
 K = 1024  # the paper writes 512K for 524,288 tokens (section 4.4); K = 1,000 is checked too
@@ -43,14 +40,9 @@ CHOSEN = (
 TRAIN_LENGTHS = (256 * K, 300 * K, 512 * K, 600 * K)
 
 
-def xu_lower_bound(length: float) -> float:
-    """Returns the smallest RoPE base Xu et al.'s fit allows for context length `length`."""
-    return FIT_COEFF * length**FIT_EXPONENT
-
-
 def supported_length(base: float) -> float:
     """Returns the context length whose Xu et al. bound is `base` (the fit inverted)."""
-    return (base / FIT_COEFF) ** (1.0 / FIT_EXPONENT)
+    return (base / XU_COEFFICIENT) ** (1.0 / XU_EXPONENT)
 
 
 def wavelengths(base: float, head_dim: int = 128) -> np.ndarray:
@@ -189,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(args.out_dir / "theta_bounds.json", {
         "claims": [c.to_dict() for c in claims],
-        "inputs": {"fit": {"coeff": FIT_COEFF, "exponent": FIT_EXPONENT}, "head_dim": head_dim, "K": K,
+        "inputs": {"fit": {"coeff": XU_COEFFICIENT, "exponent": XU_EXPONENT}, "head_dim": head_dim, "K": K,
                    "criterion": "pair i is incomplete when (training_length - 1) * inv_freq_i < 2*pi",
                    "inv_freq": "reftrain.rope.inverse_frequencies (float32)", "quick": args.quick},
         "bounds": bounds, "k_1024_matches_paper": k_matches,

@@ -179,6 +179,21 @@ PRESETS: dict[str, ModelConfig] = {
         head_dim=128,
         intermediate_size=14_336,
     ),
+    # Mistral-shaped (GQA 4:1, real vocabulary), 57M parameters (24M in its 8 layers): the recipe
+    # in miniature on one GPU (issue 20; reftrain.phases' `small` phases, base stage at 2K).
+    "small": ModelConfig(
+        name="small",
+        vocab_size=32_000,
+        hidden_size=512,
+        num_layers=8,
+        num_q_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+        intermediate_size=1536,
+        q_chunk=1024,
+        kv_chunk=1024,
+        loss_chunk=2048,
+    ),
     # Mistral-shaped (GQA 4:1, real vocabulary) and small enough to train on 2 CPU cores.
     "tiny": ModelConfig(
         name="tiny",

@@ -1,7 +1,8 @@
 """MegaBeam's four training phases as data (paper section 3), per model preset.
 
 A phase is a RoPE setting, a list of stages (sequence length x token or sequence budget) and an
-optimiser schedule. `mistral-7b` carries the paper's numbers; `tiny` scales sequence lengths by
+optimiser schedule. `mistral-7b` carries the paper's numbers; `small` adds a base stage (phase 0)
+and scales the four phases for one GPU (`SMALL_*` below); `tiny` scales sequence lengths by
 1/512 (rounded to a multiple of 128, so sp=8 x 16-token chunks divide them) and token budgets
 by the per-phase factor in `TINY_BUDGET_SCALE`, so that each phase runs in minutes on 2 CPU
 cores with 8 virtual devices and ring attention over sp=8 (SFT documents are at least 256).
@@ -55,11 +56,17 @@ class Phase:
     grad_clip: float = 1.0
     note: str = ""
     paper: dict = field(default_factory=dict, compare=False, hash=False)
+    # "pretrain" only: this fraction of batches is synthetic retrieval QA (the SFT data at the
+    # stage's length) instead of corpus rows, so that a model trained from scratch learns to
+    # retrieve before its context is extended (the `small` preset's base stage).
+    qa_fraction: float = 0.0
 
     def __post_init__(self):
         check_field_types(self, "phase")
         if self.data not in ("pretrain", "sft"):
             raise ValueError(f"phase data must be 'pretrain' or 'sft', got {self.data!r}")
+        if not 0.0 <= self.qa_fraction <= 1.0 or (self.data == "sft" and self.qa_fraction):
+            raise ValueError(f"phase qa_fraction must be in [0, 1], and 0 for sft data; got {self.qa_fraction}")
         if not self.stages:
             raise ValueError("phase stages must not be empty")
         for name in ("warmup_steps", "weight_decay", "grad_clip", "learning_rate"):
@@ -133,13 +140,53 @@ def _tiny(phase: Phase) -> Phase:
     return phase.replace(stages=tuple(stages), learning_rate=3e-3 if phase.number == 1 else 1e-3, warmup_steps=3)
 
 
-PHASES: dict[str, tuple[Phase, ...]] = {"mistral-7b": MISTRAL_7B, "tiny": tuple(_tiny(p) for p in MISTRAL_7B)}
+#: The `small` preset (issue 20: the recipe in miniature on one GPU). Its base stage (phase 0)
+#: trains from scratch at SMALL_BASE_LENGTH with the theta Xu et al.'s bound gives that length
+#: (section 4.1; `reftrain.rope.xu_lower_bound`), on the corpora with a quarter of the batches
+#: synthetic retrieval QA. Phases 1-4 are the paper's with lengths x SMALL_LENGTH_SCALE (the
+#: base length over Mistral-7B's native 32K: 300K -> 19K, 512K -> 32K), token budgets x
+#: SMALL_BUDGET_SCALE, and theta the bound at the scaled length the paper's theta answers
+#: (25M ~ the bound at 256K -> the bound at 16K; 75M ~ 512K -> 32K), float32 RoPE.
+SMALL_BASE_LENGTH = 2048
+SMALL_LENGTH_SCALE = SMALL_BASE_LENGTH / (32 * K)
+SMALL_BUDGET_SCALE = {1: 1 / 24, 2: 1 / 24, 3: 1 / 12, 4: 1 / 8}
+SMALL_TOKENS_PER_STEP = 128 * K
+
+
+def _small_stage(stage: Stage, scale: float) -> Stage:
+    seq_len = max(SMALL_BASE_LENGTH, round(stage.seq_len * SMALL_LENGTH_SCALE / 1024) * 1024)
+    batch = max(1, SMALL_TOKENS_PER_STEP // seq_len)
+    return Stage(seq_len, max(batch, round(stage.tokens * scale / seq_len)), batch)
+
+
+def _small() -> tuple[Phase, ...]:
+    from reftrain.rope import xu_lower_bound
+
+    theta = lambda paper_length: float(f"{xu_lower_bound(paper_length * SMALL_LENGTH_SCALE):.3g}")  # 3 figures
+    base = Phase(0, "base: short context, from scratch", theta(SMALL_BASE_LENGTH / SMALL_LENGTH_SCALE), "float32",
+                 (Stage(SMALL_BASE_LENGTH, 150_000, SMALL_TOKENS_PER_STEP // SMALL_BASE_LENGTH),), "pretrain", 1e-3, 200,
+                 weight_decay=0.1, qa_fraction=0.25,
+                 note="Not in the paper (MegaBeam starts from Mistral-7B): the small model's own short-context pretraining.")
+    extended = []
+    for paper in MISTRAL_7B:
+        scale = SMALL_BUDGET_SCALE[paper.number]
+        extended.append(paper.replace(
+            rope_theta=theta(256 * K if paper.number == 1 else 512 * K),
+            stages=tuple(_small_stage(stage, scale) for stage in paper.stages),
+            learning_rate=3e-4 if paper.data == "pretrain" else 1e-4, warmup_steps=20))
+    return (base, *extended)
+
+
+PHASES: dict[str, tuple[Phase, ...]] = {"mistral-7b": MISTRAL_7B, "tiny": tuple(_tiny(p) for p in MISTRAL_7B),
+                                        "small": _small()}
 
 
 def get_phase(preset: str, number: int) -> Phase:
-    """Returns phase `number` (1-4) of `preset`; raises KeyError with the choices."""
+    """Returns phase `number` of `preset` (1-4; `small` also has its base stage, 0); raises
+    KeyError with the choices."""
     if preset not in PHASES:
         raise KeyError(f"no phases for preset {preset!r}; known: {', '.join(sorted(PHASES))}")
-    if number not in range(1, len(PHASES[preset]) + 1):
-        raise KeyError(f"phase must be 1-{len(PHASES[preset])}, got {number}")
-    return PHASES[preset][number - 1]
+    numbers = [phase.number for phase in PHASES[preset]]
+    if number not in numbers:
+        raise KeyError(f"phase must be {min(numbers)}-{max(numbers)} for preset {preset!r}, got {number}")
+    return PHASES[preset][numbers.index(number)]

@@ -19,6 +19,16 @@ import numpy as np
 from reftrain.config import ModelConfig, YarnConfig
 
 
+# Xu et al. (2024), Fig. 1: the fitted lower bound of the RoPE base for a context length (the
+# MegaBeam paper's section 4.1 argument for 25M at 256K and 75M at 512K).
+XU_COEFFICIENT, XU_EXPONENT = 0.0424, 1.628
+
+
+def xu_lower_bound(length: float) -> float:
+    """Returns the smallest RoPE base Xu et al.'s fit allows for context length `length`."""
+    return XU_COEFFICIENT * length**XU_EXPONENT
+
+
 def inverse_frequencies(head_dim: int, theta: float, yarn: YarnConfig | None = None) -> np.ndarray:
     """Returns float32 `[head_dim // 2]`: theta ** (-2d / head_dim), YaRN-scaled if given.
 

@@ -32,7 +32,8 @@ def _parser() -> OneLineParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="run.toml: options and a [set] table (reftrain/run_config.py); "
                    "the command line overrides it")
-    p.add_argument("--phase", type=int, choices=(1, 2, 3, 4), help="MegaBeam phase (section 3); required here or in --config")
+    p.add_argument("--phase", type=int, choices=(0, 1, 2, 3, 4),
+                   help="MegaBeam phase (section 3; 0: the small preset's base stage); required here or in --config")
     p.add_argument("--preset", default="tiny", help="model preset: tiny (CPU-sized) or mistral-7b")
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<preset>)")
     p.add_argument("--plan", type=Path, help="plan.json from hloscope search")
@@ -75,8 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             options, file_settings = load_run_config(args.config)
         except RunConfigError as e:
             p.exit(2, f"error: {e}\n")
-        if options.get("phase") not in (None, 1, 2, 3, 4):
-            p.exit(2, f"error: --config {args.config}: phase must be 1-4, got {options['phase']}\n")
+        if options.get("phase") not in (None, 0, 1, 2, 3, 4):
+            p.exit(2, f"error: --config {args.config}: phase must be 0-4, got {options['phase']}\n")
         p.set_defaults(**options)
         args = p.parse_args(argv)
     if args.phase is None:

@@ -19,9 +19,10 @@ from reftrain.data._cache import DataError, cache_dir
 from reftrain.data._corpus import Corpus, corpus_from_documents, tokenized_source
 from reftrain.data._fetch import ensure_shakespeare, ensure_tokenizer_model
 from reftrain.data._iterator import BatchIterator, load_corpora, make_batches, seq_len_schedule
+from reftrain.data._mix import InterleavedBatches
 from reftrain.data._packing import Piece, StreamPacker, row_arrays
 from reftrain.data._qa import QABatchIterator, QASample, make_qa_batches, make_qa_sample
-from reftrain.data._qa_pairs import QA_KINDS, QAPair, code_default_pairs, speaker_pairs
+from reftrain.data._qa_pairs import KNOWN_QA_KINDS, QA_KINDS, QAPair, code_default_pairs, speaker_pairs
 from reftrain.data._spec import (
     DEFAULT_SPEC,
     DataSpec,
@@ -35,7 +36,7 @@ from reftrain.data._tokenizer import BUILTIN_TOKENIZER, Tokenizer, load_tokenize
 
 __all__ = [
     "BABI_TASKS", "BUILTIN_SOURCES", "BUILTIN_TOKENIZER", "BatchIterator", "Corpus", "DEFAULT_SPEC",
-    "DataError", "DataSpec", "DomainSpec", "PackingSpec", "Piece", "QABatchIterator", "QAPair",
+    "DataError", "DataSpec", "DomainSpec", "InterleavedBatches", "KNOWN_QA_KINDS", "PackingSpec", "Piece", "QABatchIterator", "QAPair",
     "QASample", "QA_KINDS", "SeqStage", "Story", "StreamPacker", "Tokenizer", "babi_story",
     "cache_dir", "code_default_pairs", "corpus_from_documents", "ensure_shakespeare", "ensure_tokenizer_model",
     "load_corpora", "load_spec", "load_tokenizer", "make_batches", "make_qa_batches",

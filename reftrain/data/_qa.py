@@ -23,7 +23,7 @@ import numpy as np
 
 from reftrain.data._cache import DataError
 from reftrain.data._corpus import Corpus
-from reftrain.data._qa_pairs import QA_KINDS, QAPair, compatible, draw_pair
+from reftrain.data._qa_pairs import KNOWN_QA_KINDS, QA_KINDS, QAPair, compatible, draw_pair
 from reftrain.data._tokenizer import Tokenizer, load_tokenizer
 
 QA_STATE_FORMAT = "reftrain.data/qa-v1"
@@ -87,8 +87,8 @@ def make_qa_sample(tokenizer: Tokenizer, haystack: Corpus, *, length: int, seed:
     """
     rng = np.random.default_rng(seed)
     kind = kind or QA_KINDS[int(rng.integers(len(QA_KINDS)))]
-    if kind not in QA_KINDS:
-        raise DataError(f"unknown QA kind {kind!r}; known: {QA_KINDS}")
+    if kind not in KNOWN_QA_KINDS:
+        raise DataError(f"unknown QA kind {kind!r}; known: {KNOWN_QA_KINDS}")
     target = pair or draw_pair(rng, kind)
     depth = float(rng.random()) if depth is None else float(depth)
     if not 0.0 <= depth <= 1.0:
@@ -104,7 +104,8 @@ def make_qa_sample(tokenizer: Tokenizer, haystack: Corpus, *, length: int, seed:
     blocks = [(ev_start, evidence)]
     taken = [(ev_start, ev_start + len(evidence))]
     for _ in range(n_distractors):
-        other = draw_pair(rng, QA_KINDS[int(rng.integers(len(QA_KINDS)))])
+        # A passkey's distractors are other names' codes (the look-alikes retrieval must skip).
+        other = draw_pair(rng, "passkey" if kind == "passkey" else QA_KINDS[int(rng.integers(len(QA_KINDS)))])
         if not compatible(target, other):
             continue
         ids = tokenizer.encode(f"\n{other.evidence}\n")
@@ -145,9 +146,9 @@ class QABatchIterator(Iterator[dict[str, np.ndarray]]):
             raise DataError(f"host_index {host_index} must be in [0, {host_count})")
         if min_length is not None and not 0 < min_length <= seq_len:
             raise DataError(f"min_length {min_length} must be in [1, seq_len={seq_len}]")
-        unknown = set(kinds) - set(QA_KINDS)
+        unknown = set(kinds) - set(KNOWN_QA_KINDS)
         if not kinds or unknown:
-            raise DataError(f"QA kinds {sorted(unknown) or '(none)'} not in {QA_KINDS}")
+            raise DataError(f"QA kinds {sorted(unknown) or '(none)'} not in {KNOWN_QA_KINDS}")
         self.tokenizer, self.haystack = tokenizer, haystack
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.host_index, self.host_count = host_index, host_count

@@ -6,6 +6,11 @@
 - "speaker": Shakespeare's speech blocks (from the books corpus). Evidence is the block,
   question 'In Hamlet, which character says: "..."?', answer the speaker label as printed.
 - "babi-qa1" .. "babi-qa5": stories of the bAbI world simulation (_babi.py).
+- "passkey" (not in the SFT default, QA_KINDS): a made-up name's access code, 5-7 digits, among
+  other names' codes: retrieving a fact by its key, the skill a needle-in-a-haystack test asks
+  for, in other words and with other keys than `reftrain.eval`'s needle. The `small` preset's
+  base stage mixes it in (KNOWN_QA_KINDS), so that a model trained from scratch learns to
+  retrieve.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from reftrain.data._builtin import CODE_FILES, books_files
 from reftrain.data._cache import DataError
 from reftrain.data._fetch import archive_files
 
-QA_KINDS = ("code-default", "speaker", "babi")
+QA_KINDS = ("code-default", "speaker", "babi")  # the SFT default
+KNOWN_QA_KINDS = QA_KINDS + ("passkey",)
 _AST_MODULES = tuple(f"django/{m}.py" for m in (
     "core/paginator core/mail/message core/management/base core/serializers/base core/signing "
     "core/validators core/cache/backends/base db/models/query db/models/base db/models/fields/__init__ "
@@ -127,10 +133,24 @@ def babi_pair(rng: np.random.Generator, task: str | None = None) -> QAPair:
                   subject="babi")
 
 
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fi", "gan", "hul", "jo", "nir", "pex", "sal",
+              "tor", "ux", "wen", "yas")
+
+
+def passkey_pair(rng: np.random.Generator) -> QAPair:
+    """Returns a made-up name (2-3 syllables) and its access code (5-7 digits)."""
+    name = "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
+    code = str(int(rng.integers(10**4, 10**7)))
+    return QAPair(f"What is the access code of {name}?", code, f"The access code of {name} is {code}.", "passkey",
+                  subject=name)
+
+
 def draw_pair(rng: np.random.Generator, kind: str) -> QAPair:
-    """Returns one QA pair of `kind` (one of QA_KINDS), drawn with `rng`."""
+    """Returns one QA pair of `kind` (one of KNOWN_QA_KINDS), drawn with `rng`."""
     if kind == "babi":
         return babi_pair(rng)
+    if kind == "passkey":
+        return passkey_pair(rng)
     pool = code_default_pairs() if kind == "code-default" else speaker_pairs()
     return pool[int(rng.integers(len(pool)))]
 

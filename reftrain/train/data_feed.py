@@ -63,6 +63,9 @@ class PhaseFeed:
             self._iterator = data.make_qa_batches(tokenizer=self._tokenizer, **common)
         else:
             self._iterator = data.make_batches(self.spec, corpora=self._corpora, **common)
+            if self.phase.qa_fraction:
+                qa = data.make_qa_batches(tokenizer=self._tokenizer, kinds=data.KNOWN_QA_KINDS, **common)  # passkeys too
+                self._iterator = data.InterleavedBatches(self._iterator, qa, self.phase.qa_fraction, seed)
         self._stage = stage
 
     def seq_len(self, step: int) -> int:

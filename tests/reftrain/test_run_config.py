@@ -37,7 +37,7 @@ def test_the_command_line_and_set_win(tmp_path, capsys):
     [
         ("phase = 1\nspeed = 3\n", "unknown option 'speed'"),
         ("phase = 'one'\n", "phase must be an integer, got 'one'"),
-        ("phase = 7\n", "phase must be 1-4, got 7"),
+        ("phase = 7\n", "phase must be 0-4, got 7"),
         ("phase = 1\nmax_steps = 2.5\n", "max_steps must be an integer, got 2.5"),
         ("phase = 1\n[set]\nnum_layers = 1.5\n", "num_layers must be an integer, got 1.5"),
         ("phase = 1\n[set]\nlearning_rate = true\n", "learning_rate must be a number, got True"),

@@ -36,6 +36,15 @@ def test_a_fresh_run_directory_starts_every_phase_from_random_and_creates_nothin
     assert not (tmp_path / "run").exists()
 
 
+def test_the_small_presets_phase_1_starts_from_its_base_stage(tmp_path):
+    """Phase 0 (the small preset's base stage) is a first phase; phase 1 chains from it when
+    the run has one, and starts from random when it has none (the other presets)."""
+    assert resolve_start(tmp_path / "phase0", 0, init_from=None, seed=0).line == "starting from a random initialisation (seed 0)"
+    _phase(tmp_path, 0, [4], total=4)
+    start = resolve_start(tmp_path / "phase1", 1, init_from=None, seed=0)
+    assert start.kind == "previous" and start.source == str(tmp_path / "phase0" / "checkpoints" / "4")
+
+
 def test_a_finished_previous_phase_is_chained(tmp_path):
     _phase(tmp_path, 2, [2, 3], total=3)
     before = _tree(tmp_path)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from reftrain.data import (
     BABI_TASKS,
+    KNOWN_QA_KINDS,
     QA_KINDS,
     babi_story,
     corpus_from_documents,
@@ -106,6 +107,9 @@ def recover_answer(evidence: str, question: str, kind: str) -> str:
         return solve_babi(evidence.splitlines(), question)
     if kind == "code-default":
         return code_default_from_header(evidence, question)
+    if kind == "passkey":
+        name = re.fullmatch(r"What is the access code of (\w+)\?", question).group(1)
+        return re.fullmatch(rf"The access code of {name} is (\d+)\.", evidence).group(1)
     first, quote = evidence.splitlines()[:2]
     assert f'"{quote.strip()}"' in question
     return first.removesuffix(".")
@@ -131,7 +135,7 @@ def haystack(tokenizer):
     return corpus_from_documents("hay", [tokenizer.encode(text)], ["hay"])
 
 
-@given(depth=st.floats(0.0, 1.0), seed=st.integers(0, 10**6), kind=st.sampled_from(QA_KINDS),
+@given(depth=st.floats(0.0, 1.0), seed=st.integers(0, 10**6), kind=st.sampled_from(KNOWN_QA_KINDS),
        length=st.integers(600, 1500))
 def test_sample_places_evidence_at_depth_and_masks_only_the_answer(tokenizer, haystack, depth, seed,
                                                                     kind, length):
@@ -150,6 +154,16 @@ def test_sample_places_evidence_at_depth_and_masks_only_the_answer(tokenizer, ha
     assert tokenizer.decode(s.tokens[a0:a1]) == s.answer
     assert recover_answer(s.evidence, s.question, s.kind) == s.answer
     assert np.flatnonzero(s.loss_mask).tolist() == list(range(a0 - 1, a1 - 1))
+
+
+@given(seed=st.integers(0, 10**6))
+def test_a_passkey_sits_among_other_names_codes_and_only_its_own_line_answers(tokenizer, haystack, seed):
+    s = make_qa_sample(tokenizer, haystack, length=1024, seed=seed, kind="passkey")
+    lines = re.findall(r"The access code of (\w+) is (\d+)\.", tokenizer.decode(s.tokens.tolist()))
+    names = [name for name, _ in lines]
+    target = re.fullmatch(r"What is the access code of (\w+)\?", s.question).group(1)
+    assert names.count(target) == 1 and len(lines) == 1 + s.distractors  # no look-alike shares its name
+    assert dict(lines)[target] == s.answer and 5 <= len(s.answer) <= 7
 
 
 def test_qa_batches_resume_and_shard(tokenizer, haystack):
