@@ -46,6 +46,8 @@ def _parser() -> OneLineParser:
                    help="override a phase field (learning_rate, warmup_steps, stages=LENxCOUNT[xBATCH],...) "
                    "or a model field (rope_theta, rope_dtype, q_chunk, hidden_size, ...)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (resume continues)")
+    p.add_argument("--max-seconds", type=float,
+                   help="stop at the first step after this many seconds of training, with a checkpoint (a job's time limit)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: the phase's)")
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--no-checkpoints", action="store_true",
@@ -82,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args = p.parse_args(argv)
     if args.phase is None:
         p.error("--phase is required (on the command line or in --config)")
-    for name in ("max_steps", "grad_accum", "save_every", "keep", "cpu_devices", "peak_tflops"):
+    for name in ("max_steps", "max_seconds", "grad_accum", "save_every", "keep", "cpu_devices", "peak_tflops"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     args.settings = [*file_settings, *(_split_setting(s) for s in args.set)]
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=args.run_dir or Path("runs") / args.preset, phase=phase, config=config, plan=plan, mesh=mesh,
             data_spec=spec, seed=args.seed, grad_accum=phase.grad_accum, keep=args.keep,
             save_every=0 if args.no_checkpoints else args.save_every,
-            max_steps=args.max_steps, init_from=args.init_from, chain_unfinished=args.chain_unfinished,
+            max_steps=args.max_steps, max_seconds=args.max_seconds, init_from=args.init_from, chain_unfinished=args.chain_unfinished,
             peak_tflops=args.peak_tflops, progress=not args.no_progress, tensorboard=args.tensorboard,
             run_config=args.config,
         )

@@ -36,6 +36,7 @@ OPTIONS: dict[str, Any] = {
     "chain_unfinished": bool,
     "data_spec": str,
     "max_steps": int,
+    "max_seconds": float,
     "grad_accum": int,
     "save_every": int,
     "keep": int,

@@ -129,5 +129,6 @@ def _run(args: argparse.Namespace) -> int:
             "runs": results,
         }
         json_path, html_path = write_outputs(args.out, payload, results)
-        print(f"wrote {json_path} and {html_path}", file=sys.stderr)
+        print(f"wrote {json_path} and {html_path}" if html_path else f"wrote {json_path} (no heatmap: plotly is not "
+              "installed)", file=sys.stderr)
     return 0

@@ -65,11 +65,16 @@ def heatmap_figure(results: list[dict]):
     return fig
 
 
-def write_outputs(out_dir: Path, payload: dict, results: list[dict]) -> tuple[Path, Path]:
-    """Writes `out_dir/niah.json` (payload) and `out_dir/niah.html` (heatmap); returns both paths."""
-    final = (Path(out_dir) / "niah.json", Path(out_dir) / "niah.html")
-    contents = ((json.dumps(payload, indent=1) + "\n").encode(),
-                heatmap_figure(results).to_html(include_plotlyjs=True).encode())
-    for path, data in zip(final, contents):
-        atomic_write_bytes(path, data)
-    return final
+def write_outputs(out_dir: Path, payload: dict, results: list[dict]) -> tuple[Path, Path | None]:
+    """Writes `out_dir/niah.json` (payload) and `out_dir/niah.html` (heatmap); returns both paths,
+    the second None where plotly is missing (a GPU host with only jax's stack: the JSON is what
+    the analyses read)."""
+    json_path, html_path = Path(out_dir) / "niah.json", Path(out_dir) / "niah.html"
+    try:
+        html = heatmap_figure(results).to_html(include_plotlyjs=True).encode()
+    except ImportError:
+        html, html_path = None, None
+    atomic_write_bytes(json_path, (json.dumps(payload, indent=1) + "\n").encode())
+    if html is not None:
+        atomic_write_bytes(html_path, html)
+    return json_path, html_path

@@ -52,6 +52,7 @@ class PhaseRun:
     save_every: int = 10  # 0: no checkpoints at all (run --no-checkpoints)
     keep: int = 2
     max_steps: int | None = None  # stop early (the schedule still spans the whole phase)
+    max_seconds: float | None = None  # stop at the first step boundary after this much training, and save
     init_from: str | None = None
     chain_unfinished: bool = False  # start from an unfinished previous phase (reftrain.train.start)
     peak_tflops: float | None = None
@@ -145,7 +146,7 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
     step_fn = make_train_step(run.config, optimizer, schedule, run.mesh)
     end = total if run.max_steps is None else min(total, start + run.max_steps)
     try:
-        losses = _train_steps(run, state, feed, step_fn, checkpoints, log, start, end, total)
+        losses, end = _train_steps(run, state, feed, step_fn, checkpoints, log, start, end, total)
     except BaseException:
         if created and checkpoints.latest_step() is None:  # nothing to resume from: leave nothing
             checkpoints.close()
@@ -181,14 +182,15 @@ def _record(run: PhaseRun, step: int, m: dict, seq_len: int, tokens_per_s: float
 
 
 def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Checkpoints, log, start: int,
-                 end: int, total: int) -> list[float]:
-    """Runs steps [start, end): logs each, checkpoints every `save_every` and at `end`."""
+                 end: int, total: int) -> tuple[list[float], int]:
+    """Runs steps [start, end), or fewer when `max_seconds` runs out: logs each, checkpoints
+    every `save_every` and at the last step run. Returns the losses and the step it ended at."""
     peak = metrics_lib.peak_flops(run.mesh.devices.flat[0], run.peak_tflops)
     local_devices = [d for d in run.mesh.devices.flat if d.process_index == jax.process_index()]
     predicted = run.plan.predicted.get("xla_total")
     warned = False
     board = TensorBoardLog(run.tensorboard) if run.tensorboard and jax.process_index() == 0 else None
-    losses = []
+    losses, done, clock = [], start, time.perf_counter()
     columns = (TextColumn(f"phase {run.phase.number}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     try:
         with Progress(*columns, disable=not run.progress or jax.process_index() != 0) as progress:
@@ -220,9 +222,12 @@ def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Ch
                 losses.append(record["loss"])
                 progress.update(task, advance=1, info=f"loss {record['loss']:.3f}  {tokens_per_s:,.0f} tok/s  len {seq_len}")
                 done = step + 1
-                if run.save_every and (done % run.save_every == 0 or done == end):
+                out_of_time = run.max_seconds is not None and time.perf_counter() - clock >= run.max_seconds
+                if run.save_every and (done % run.save_every == 0 or done == end or out_of_time):
                     checkpoints.save(done, state, {"data": feed.state(), "seed": run.seed, "phase": run.phase.number})
+                if out_of_time:
+                    break
     finally:
         if board is not None:
             board.close()
-    return losses
+    return losses, done

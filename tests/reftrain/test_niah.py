@@ -309,3 +309,16 @@ def test_module_entry_point_reports_a_missing_checkpoint(tmp_path):
     lines = [line for line in proc.stderr.strip().splitlines()
              if not line.startswith(("WARNING: All log messages", "I0000", "W0000", "E0000"))]
     assert lines == [f"error: checkpoint {tmp_path / 'nope'} does not exist"]
+
+
+def test_without_plotly_the_json_is_still_written(tmp_path, monkeypatch):
+    """A GPU host with only jax's stack (no plotly): niah.json is written, the heatmap is not."""
+    import sys
+
+    from reftrain.eval._report import write_outputs
+
+    monkeypatch.setitem(sys.modules, "plotly", None)  # `from plotly import ...` raises ImportError
+    result = {"rope_dtype": "float32", "lengths": [256], "depths": [0.0], "accuracy": [[1.0]], "trials": 1}
+    json_path, html_path = write_outputs(tmp_path, {"runs": [result]}, [result])
+    assert html_path is None and not (tmp_path / "niah.html").exists()
+    assert json.loads(json_path.read_text())["runs"][0]["accuracy"] == [[1.0]]

@@ -248,3 +248,18 @@ def test_bad_command_lines_get_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice" in err
+
+
+def test_max_seconds_stops_at_a_step_with_a_checkpoint_and_a_second_call_resumes(tmp_path, capsys):
+    """A job's time limit: `--max-seconds 0.001` stops after the first step (which compiles) and
+    saves there; the next call resumes from that checkpoint, not from random."""
+    base = ["--phase", "1", "--run-dir", str(tmp_path), "--set", "stages=128x3x1", "--no-progress", *SMALL]
+    assert run_cli.main([*base, "--max-seconds", "0.001"]) == 0
+    assert (tmp_path / "phase1" / "checkpoints" / "1").is_dir() and len(losses(tmp_path)) == 1
+    capsys.readouterr()
+    assert run_cli.main(base) == 0
+    assert "resuming from its own checkpoint at step 1 of 3" in capsys.readouterr().err
+    assert len(losses(tmp_path)) == 3
+    with pytest.raises(SystemExit) as exit_:
+        run_cli.main([*base, "--max-seconds", "0"])
+    assert exit_.value.code == 2 and "--max-seconds must be positive" in capsys.readouterr().err
