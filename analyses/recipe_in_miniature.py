@@ -14,7 +14,9 @@ and bfloat16 RoPE into DIR/niah/phaseN/niah.json. Every call adds its seconds to
 DIR/recipe.json. When every phase is evaluated (or with --report) it writes
 <out-dir>/recipe_in_miniature.json and .md (accuracy by stage, length and RoPE dtype, mean over
 depths, and the issue's targets checked) and, where plotly is installed, the heatmap.
-Exit 0 when a call did its work (or there was none left); 2 on bad arguments.
+Exit 0 when a call did its work (or there was none left); 1 when a training or evaluation
+process failed (its own output says why; the next call retries from the last checkpoint); 2 on
+bad arguments.
 """
 
 from __future__ import annotations
@@ -70,26 +72,28 @@ def one_call(args) -> list[str]:
     began, done = time.perf_counter(), []
     left = lambda: args.seconds - (time.perf_counter() - began)
     lengths = ",".join(str(args.base_length * m) for m in args.multiples)
-    for phase in args.phases:
-        niah = args.run_dir / "niah" / f"phase{phase}" / "niah.json"
-        if not _finished(args.run_dir, phase):
-            seconds = left() - EVALUATION_SECONDS - START_SECONDS
-            if seconds < 30:
-                break
-            _run([sys.executable, "-m", "reftrain.run", "--preset", args.preset, "--phase", str(phase), "--run-dir",
-                  str(args.run_dir), "--max-seconds", f"{seconds:.0f}", "--save-every", "200", "--no-progress",
-                  *(f"--set={s}" for s in args.set)])
-            done.append(f"trained phase {phase}")
+    try:
+        for phase in args.phases:
+            niah = args.run_dir / "niah" / f"phase{phase}" / "niah.json"
             if not _finished(args.run_dir, phase):
-                break  # the budget ran out inside the phase: the next call resumes it
-        if not niah.exists():
-            if left() < EVALUATION_SECONDS / 2:
-                break
-            _run([sys.executable, "-m", "reftrain.eval", "niah", "--checkpoint", str(args.run_dir / f"phase{phase}"),
-                  "--lengths", lengths, "--depths", args.depths, "--trials", str(args.trials), "--compare-rope-dtypes",
-                  "--out", str(niah.parent)])
-            done.append(f"evaluated phase {phase}")
-    _add_call(args.run_dir, time.perf_counter() - began, done)
+                seconds = left() - EVALUATION_SECONDS - START_SECONDS
+                if seconds < 30:
+                    break
+                _run([sys.executable, "-m", "reftrain.run", "--preset", args.preset, "--phase", str(phase), "--run-dir",
+                      str(args.run_dir), "--max-seconds", f"{seconds:.0f}", "--save-every", "200", "--no-progress",
+                      *(f"--set={s}" for s in args.set)])
+                done.append(f"trained phase {phase}")
+                if not _finished(args.run_dir, phase):
+                    break  # the budget ran out inside the phase: the next call resumes it
+            if not niah.exists():
+                if left() < EVALUATION_SECONDS / 2:
+                    break
+                _run([sys.executable, "-m", "reftrain.eval", "niah", "--checkpoint", str(args.run_dir / f"phase{phase}"),
+                      "--lengths", lengths, "--depths", args.depths, "--trials", str(args.trials), "--compare-rope-dtypes",
+                      "--out", str(niah.parent)])
+                done.append(f"evaluated phase {phase}")
+    finally:  # a failed process's seconds count too
+        _add_call(args.run_dir, time.perf_counter() - began, done)
     return done
 
 
@@ -183,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.report:
         args.run_dir.mkdir(parents=True, exist_ok=True)
-        print(f"this call: {', '.join(one_call(args)) or 'nothing left to do'}", flush=True)
+        try:
+            print(f"this call: {', '.join(one_call(args)) or 'nothing left to do'}", flush=True)
+        except subprocess.CalledProcessError as error:  # its own output, above, says why
+            print(f"recipe_in_miniature: {' '.join(error.cmd[1:4])} ... exited {error.returncode}", file=sys.stderr)
+            return 1
     if args.report or all((args.run_dir / "niah" / f"phase{p}" / "niah.json").exists() for p in args.phases):
         report(args)
     return 0
