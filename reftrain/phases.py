@@ -56,9 +56,9 @@ class Phase:
     grad_clip: float = 1.0
     note: str = ""
     paper: dict = field(default_factory=dict, compare=False, hash=False)
-    # "pretrain" only: this fraction of batches is synthetic retrieval QA (the SFT data at the
-    # stage's length) instead of corpus rows, so that a model trained from scratch learns to
-    # retrieve before its context is extended (the `small` preset's base stage).
+    # "pretrain" only: this fraction of batches is synthetic QA at the stage's length (every kind,
+    # passkeys included: reftrain.data.KNOWN_QA_KINDS) instead of corpus rows, so that a model
+    # trained from scratch learns to retrieve before its context is extended (`small`'s phase 0).
     qa_fraction: float = 0.0
 
     def __post_init__(self):
@@ -162,8 +162,8 @@ def _small_stage(stage: Stage, scale: float) -> Stage:
 def _small() -> tuple[Phase, ...]:
     from reftrain.rope import xu_lower_bound
 
-    theta = lambda paper_length: float(f"{xu_lower_bound(paper_length * SMALL_LENGTH_SCALE):.3g}")  # 3 figures
-    base = Phase(0, "base: short context, from scratch", theta(SMALL_BASE_LENGTH / SMALL_LENGTH_SCALE), "float32",
+    theta = lambda length: float(f"{xu_lower_bound(length):.3g}")  # the bound, to 3 figures
+    base = Phase(0, "base: short context, from scratch", theta(SMALL_BASE_LENGTH), "float32",
                  (Stage(SMALL_BASE_LENGTH, 150_000, SMALL_TOKENS_PER_STEP // SMALL_BASE_LENGTH),), "pretrain", 1e-3, 200,
                  weight_decay=0.1, qa_fraction=0.25,
                  note="Not in the paper (MegaBeam starts from Mistral-7B): the small model's own short-context pretraining.")
@@ -171,7 +171,7 @@ def _small() -> tuple[Phase, ...]:
     for paper in MISTRAL_7B:
         scale = SMALL_BUDGET_SCALE[paper.number]
         extended.append(paper.replace(
-            rope_theta=theta(256 * K if paper.number == 1 else 512 * K),
+            rope_theta=theta((256 * K if paper.number == 1 else 512 * K) * SMALL_LENGTH_SCALE),
             stages=tuple(_small_stage(stage, scale) for stage in paper.stages),
             learning_rate=3e-4 if paper.data == "pretrain" else 1e-4, warmup_steps=20))
     return (base, *extended)
