@@ -151,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--tp {tp}: the mesh {sizes} does not split --seq {args.seq} over --devices {args.devices}")
             local_by_tp[tp] = args.seq // sizes["sp"]
         layouts = _layouts(args.layouts) if any(args.seq // n > 1 for n in local_by_tp.values()) else ("contiguous",)
-        cudnn = args.kernel == "cudnn" or (args.kernel == "auto" and target.platform == "cuda")
+        from reftrain.attention import resolve_kernel
+
+        cudnn = resolve_kernel(args.kernel, target.platform) == "cudnn"
         blocks = _ints(args.document_blocks, "--document-blocks", 0) if cudnn else (base.document_block,)
         cands = candidates(local_by_tp, _remats(args.remat), _ints(args.q_chunks, "--q-chunks"),
                            _ints(args.kv_chunks, "--kv-chunks"), blocks=blocks, layouts=layouts, cudnn=cudnn)

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reftrain.attention import resolve_kernel
 from reftrain.config import ModelConfig
 from reftrain.flops import peak_flops_of_kind, projection_parameters
 
@@ -121,7 +122,7 @@ def step_work(config: ModelConfig, seq: int, mesh: dict[str, int], device_kind: 
     layer_tokens = c.num_layers * seq / devices
     matmul = (6 * sum(projections.values()) + 2 * sum(projections[name] for name in again)) * layer_tokens
     matmul += 6 * c.hidden_size * c.vocab_size * seq / devices  # the output head (not rematerialised)
-    cudnn = c.attention_kernel == "cudnn" or (c.attention_kernel == "auto" and platform == "cuda")
+    cudnn = resolve_kernel(c.attention_kernel, platform) == "cudnn"
     packed = documents is not None or padding > 0
     lengths = list(documents) if documents is not None else [seq - padding]
     if cudnn:
