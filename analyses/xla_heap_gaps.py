@@ -25,6 +25,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hloscope.buffer_assignment import parse_buffer_assignment  # noqa: E402
+from hloscope.heap_layout import best_fit_heap  # noqa: E402
 from hloscope.hlo import ParseError  # noqa: E402
 
 _SEQUENCE = re.compile(r"^\s+(\d+):(\S+)\s*$")
@@ -82,12 +83,12 @@ def heap_gaps(assignment_text: str, live_range_text: str) -> dict:
 
 
 def replay_layout(assignment_text: str, live_range_text: str, order: str = "spatial") -> int:
-    """The temp heap size that best-fit placement gives over XLA's own live ranges: values at one
-    offset whose ranges touch are taken as one buffer (XLA places a buffer's values together),
-    placed in decreasing size, then longest-lived, then value-id order ('spatial', XLA's
-    GlobalDecreasingSizeBestFitHeap default) or longest-lived first ('temporal'), each at the
-    start of the smallest gap left by the chunks placed over its range (the end if none fits).
-    For the scanned linen decoder on CPU the spatial order gives XLA's temp size to 240 bytes."""
+    """The temp heap size that best-fit placement (hloscope.heap_layout, the model layout_total
+    uses) gives over XLA's own live ranges: values at one offset whose ranges touch are taken as
+    one buffer (XLA places a buffer's values together), ordered by size, then longest-lived,
+    then smallest value id ('spatial', XLA's GlobalDecreasingSizeBestFitHeap default), or
+    longest-lived first ('temporal'). For the scanned linen decoder on CPU the spatial order
+    gives XLA's temp size to 360 bytes."""
     assignment = parse_buffer_assignment(assignment_text)
     _, ranges = live_ranges(live_range_text)
     by_offset: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
@@ -107,23 +108,7 @@ def replay_layout(assignment_text: str, live_range_text: str, order: str = "spat
             else:
                 chain = [first, last, size, vid]
                 buffers.append(chain)
-    if order == "spatial":
-        buffers.sort(key=lambda b: (-b[2], b[0] - b[1], b[3]))
-    else:
-        buffers.sort(key=lambda b: (b[0] - b[1], -b[2], b[3]))
-    placed: list[tuple[int, int, int, int]] = []
-    heap = 0
-    for first, last, size, _ in buffers:
-        busy = sorted((offset, offset + length) for a, b, offset, length in placed if a <= last and first <= b)
-        best, best_gap, cursor = None, None, 0
-        for start, end in busy:
-            if start - cursor >= size and (best_gap is None or start - cursor < best_gap):
-                best, best_gap = cursor, start - cursor
-            cursor = max(cursor, end)
-        offset = cursor if best is None else best
-        placed.append((first, last, offset, size))
-        heap = max(heap, offset + size)
-    return heap
+    return best_fit_heap([tuple(b) for b in buffers], order)
 
 
 def _pick(folder: str, module: str | None) -> tuple[str, str]:

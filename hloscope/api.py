@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hloscope._files import atomic_write_text
-from hloscope.profiling import READABLE_SCHEMAS, CompileFailed, profile_program
+from hloscope.profiling import READABLE_SCHEMAS, CompileFailed, judged_figure, profile_program
 from hloscope.units import human_bytes, parse_size
 
 Program = str | Callable[..., Any]
@@ -86,11 +86,16 @@ class Profile:
         return self.data.get("memory_analysis")
 
     @property
+    def layout_total(self) -> int | None:
+        """hloscope's model of XLA's total from the optimized HLO's text alone: arguments,
+        outputs and the temporaries laid out at offsets as XLA does (None without a schedule)."""
+        return self.data["figures"].get("layout_total")
+
+    @property
     def figure(self) -> tuple[str, int]:
-        """(name, bytes) of the figure budgets are judged by: xla_total, else live_peak."""
-        if self.xla_total is not None:
-            return "xla_total", self.xla_total
-        return "live_peak", self.live_peak
+        """(name, bytes) of the figure budgets are judged by: xla_total, else layout_total,
+        else live_peak (hloscope.profiling.judged_figure)."""
+        return judged_figure(self.data["figures"])
 
     @property
     def top_buffers(self) -> list[dict[str, Any]]:

@@ -78,6 +78,8 @@ def read_hlo_input(path: str, module: str | None = None) -> HloInput:
     parsed = _parse(path)
     note = ("xla_total needs XLA's numbers: pass the --xla_dump_to folder (its *-buffer-assignment.txt) "
             "or compile the program; this single text gives hloscope's own figures only")
+    if parsed.dialect == "hlo" and parsed.is_scheduled:
+        note += ", layout_total being its model of xla_total"
     return HloInput(parsed, None, None, [path], [note])
 
 

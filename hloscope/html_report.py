@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from hloscope._files import atomic_write_text
+from hloscope.profiling import judged_figure
 from hloscope.units import gib, human_bytes
 
 _COLORS = ("#1f77b4", "#d62728")
@@ -106,12 +107,12 @@ def buffers_figure(profile: dict[str, Any]) -> go.Figure:
 
 def _figures_table(profile: dict[str, Any], budget: int | None) -> str:
     figures, sources = profile["figures"], profile.get("figure_sources") or {}
-    names = ("xla_total", "peak_memory_in_bytes", "live_peak", "prealloc_accumulated")
+    names = ("xla_total", "peak_memory_in_bytes", "layout_total", "live_peak", "prealloc_accumulated")
     rows = [(name, figures.get(name), sources.get(name, "-")) for name in names if name in figures]
     budget = budget if budget is not None else (profile.get("target") or {}).get("memory_bytes")
     body = "".join(f"<tr><td>{_e(n)}</td><td class=num>{_e(human_bytes(v))}</td><td>{_e(s)}</td></tr>" for n, v, s in rows)
     if budget is not None:
-        judged = figures.get("xla_total") if figures.get("xla_total") is not None else figures.get("live_peak")
+        judged = judged_figure(figures)[1]
         verdict = "<span class=ok>fits</span>" if judged <= budget else "<span class=over>does not fit</span>"
         body += f"<tr><td>budget</td><td class=num>{_e(human_bytes(budget))}</td><td>{verdict}</td></tr>"
     return f"<table><tr><th>figure</th><th>bytes per device</th><th>source</th></tr>{body}</table>"

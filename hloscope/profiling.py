@@ -38,6 +38,19 @@ class CompileFailed(RuntimeError):
         self.status, self.error, self.log = status, error, log
 
 
+#: The figures a budget is judged by, best first: XLA's own total where a compile (or a dump's
+#: buffer assignment) gave one, else the text model of XLA's heap, else the live peak.
+JUDGED_FIGURES = ("xla_total", "layout_total", "live_peak")
+
+
+def judged_figure(figures: dict[str, Any]) -> tuple[str, int]:
+    """(name, bytes) of the first of JUDGED_FIGURES that `figures` has."""
+    for name in JUDGED_FIGURES:
+        if figures.get(name) is not None:
+            return name, figures[name]
+    raise KeyError("a profile has at least live_peak")
+
+
 def _downsample(curve: list[int], points: int, keep: str) -> list[int]:
     """Returns the indices kept of `curve`: per bucket its last value ("last", right for a
     running sum) or its largest ("max", so that a peak is never smoothed away)."""
@@ -107,6 +120,7 @@ def analyse(
         "figures": {
             "xla_total": trace.xla_total,
             "live_peak": trace.live_peak,
+            "layout_total": trace.layout_total,
             "prealloc_accumulated": accumulated[-1] if accumulated else 0,
             # Straight from XLA's buffer-assignment dump, where the compile wrote one.
             "buffer_assignment_temp": trace.buffer_assignment_temp,

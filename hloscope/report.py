@@ -9,7 +9,7 @@ from rich.table import Table
 
 from hloscope.units import human_bytes
 
-FIGURES = ("xla_total", "live_peak", "prealloc_accumulated")
+FIGURES = ("xla_total", "layout_total", "live_peak", "prealloc_accumulated")
 # The paper's Fig. 2 peak reduction for its whole model, (1024, 2048) -> (2048, 4096) chunks.
 PAPER_FIG2_REDUCTION_BYTES = 186e9
 PAPER_FIG2_CHUNKS = ((1024, 2048), (2048, 4096))  # (q_chunk, kv_chunk) of A, then of B
@@ -104,7 +104,7 @@ def print_diff(a: dict[str, Any], b: dict[str, Any], *, console: Console | None 
     for column in ("figure", "A", "B", "reduction A - B"):
         table.add_column(column)
     for name in FIGURES:
-        fa, fb = a["figures"][name], b["figures"][name]
+        fa, fb = a["figures"].get(name), b["figures"].get(name)  # layout_total: absent from older profiles
         reduction = None if fa is None or fb is None else fa - fb
         table.add_row(name, human_bytes(fa), human_bytes(fb), human_bytes(reduction))
     console.print(table)

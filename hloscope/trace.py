@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from hloscope.buffer_assignment import BufferAssignment, parse_buffer_assignment
+from hloscope.heap_layout import best_fit_heap, into_output_allocations
 from hloscope.hlo import CALL_OPCODES, HloModule, Instruction
 
 #: The calling instructions above an instruction, outermost first (a while, call or
@@ -166,6 +167,7 @@ class Trace:
     live_at_peak: list[tuple[Instruction, int]]
     xla_total: int | None
     sources: dict[str, str]
+    layout_total: int | None = None
     buffer_assignment: BufferAssignment | None = None
     buffer_assignment_temp: int | None = None
     buffer_assignment_total: int | None = None
@@ -195,6 +197,16 @@ class _LiveSim:
         self._ancestor: dict[tuple[str, str], Instruction | None] = {}
         # Buffers, per computation, that sit in a dead donated argument (_in_dead_arguments).
         self.placed: dict[str, frozenset[Owner]] = {}
+        # Caller's buffers a loop body has vacated (_carry_windows), and the level each left.
+        self._vacated: dict[Owner, tuple[tuple[Instruction, int], dict]] = {}
+        self.entry_outputs: frozenset[Owner] = frozenset()
+        # Each temporary's (first, last curve index, bytes, XLA's value order), for the heap
+        # layout; arguments and the entry's outputs are allocations of their own (fixed_bytes).
+        self.intervals: list[tuple[int, int, int, tuple[int, int, int]]] = []
+        self._ids: dict[str, tuple[int, int]] = {}
+        self._open: dict[Owner, int] = {}
+        self.fixed_bytes = 0
+        self.outputs: list[tuple[int, int]] = []  # (defined at, bytes) of the entry's outputs
 
     def _ancestor_in(self, user: Instruction, comp: str) -> Instruction | None:
         """The op of `comp` whose region (transitively) holds `user` (MLIR captures)."""
@@ -259,7 +271,7 @@ class _LiveSim:
     def _elementwise_use(self, fusion: Instruction, k: int) -> bool:
         """Whether parameter k of `fusion`'s computation feeds only elementwise ops."""
         callee = fusion.called_computations[0] if fusion.called_computations else None
-        if callee not in self.module.computations or "kind=kLoop" not in f"kind={fusion.attributes.get('kind', '')}":
+        if callee not in self.module.computations or not _writes_like_a_loop(fusion):
             return False
         comp = self.module.computations[callee]
         params = [i for i in comp.instructions if i.opcode == "parameter" and i.int_attribute("parameter_number", -1) == k]
@@ -335,7 +347,14 @@ class _LiveSim:
                 place = shared[inst.name]
             n = len(inst.operands)
             if inst.opcode == "parameter":
-                values[inst.name] = frozenset({(inst.name, -1)}) if is_entry else frozenset()
+                if is_entry:
+                    values[inst.name] = frozenset({(inst.name, -1)})
+                elif module.dialect == "hlo" and inst.shape.is_tuple:
+                    # the caller's buffers, one per element: never allocated or freed here, but
+                    # their last use in this computation is known (a loop's carry windows)
+                    values[inst.name] = [frozenset({(inst.name, k)}) for k in range(len(inst.shape.elements))]
+                else:
+                    values[inst.name] = frozenset()
             elif place is not None and place < n:
                 values[inst.name] = of(inst, place)
             elif inst.opcode in ("get-tuple-element", "get_tuple_element") and n == 1:
@@ -350,6 +369,15 @@ class _LiveSim:
                     else values.get(inst.operands[0], frozenset())
             elif inst.opcode == "constant":
                 values[inst.name] = frozenset()  # read-only data of the executable, not heap
+            elif module.dialect == "hlo" and inst.opcode.endswith("-start") and inst.shape.is_tuple \
+                    and len(inst.shape.elements) >= 2 and n >= 1:
+                # (operands, result, context...): element 0 is the operands' own buffers, which
+                # stay live until the -done; the result and contexts are new
+                values[inst.name] = [frozenset().union(*(of(inst, k) for k in range(n)))] + [
+                    frozenset({(inst.name, i)}) for i in range(1, len(inst.shape.elements))]
+            elif inst.opcode.endswith("-done") and n == 1 and isinstance(values.get(inst.operands[0]), list) \
+                    and len(values[inst.operands[0]]) >= 2 and module.operands_of(inst)[0].opcode.endswith("-start"):
+                values[inst.name] = values[inst.operands[0]][1]  # the start's result buffer
             elif is_alias(module, inst) and inst.opcode not in _RESULT_IN_CALLER:
                 values[inst.name] = frozenset().union(*(of(inst, k) for k in range(n)))
             elif inst.shape.is_tuple:
@@ -373,14 +401,18 @@ class _LiveSim:
                 end.setdefault(owner, i)  # never used: freed right after it is made
         return end
 
-    def run(self, comp: str, stack: Stack, base: int, uses: "Uses") -> None:
-        """Appends one curve point per instruction of `comp` (and of what it calls)."""
+    def run(self, comp: str, stack: Stack, base: int, uses: "Uses",
+            carried: "list[Owner | None] | None" = None) -> None:
+        """Appends one curve point per instruction of `comp` (and of what it calls). `carried`
+        (a while body's run) names the caller's buffer of each loop-carried element."""
         module = self.module
         insts = module.computations[comp].instructions
         is_entry = comp == module.entry
         by_name = {inst.name: inst for inst in insts}
         values, end, root_value, outputs = self._layout(comp, uses)
+        vacated, refilled = self._carry_windows(insts, values, end, root_value, carried)
         if is_entry:
+            self.entry_outputs = outputs
             donated = _donated_owners(module, root_value)
             if donated and not _compiled_for_gpu(module):
                 self.placed = _in_dead_arguments(module, insts, values, end, root_value, outputs,
@@ -398,6 +430,7 @@ class _LiveSim:
                 if inst.opcode == "parameter":
                     live += output_bytes(inst)
                     level[(inst.name, -1)] = (inst, output_bytes(inst))
+                    self.fixed_bytes += output_bytes(inst)
         for i, inst in enumerate(insts):
             if inst.opcode != "parameter":
                 for owner in _flat(values[inst.name]):
@@ -408,14 +441,139 @@ class _LiveSim:
                             size = 0
                         live += size
                         level[owner] = (inst, size)
+                        if is_entry and owner in outputs:
+                            self.fixed_bytes += size  # its own allocation, not the temp heap
+                            self.outputs.append((len(self.curve), size))
+                        elif size:
+                            self._open_interval(owner, size)
+            for owner in refilled.get(i, ()):
+                base += self._lend(owner, back=True)
             self._record(base + live)
             for callee in called_in_order(module, inst):
                 if len(stack) < 64 and inst not in stack:
-                    self.run(callee, stack + (inst,), base + live, uses)
+                    self.run(callee, stack + (inst,), base + live, uses, self._carried_by(comp, inst, values, callee))
             for owner in frees.get(i, ()):
                 if owner in level and by_name[owner[0]].opcode != "parameter":
                     live -= level.pop(owner)[1]
+                    self._close_interval(owner)
+            for owner in vacated.get(i, ()):
+                base -= self._lend(owner)
+        for owner in level:
+            self._close_interval(owner)
         self.levels.pop()
+
+    def _open_interval(self, owner: Owner, size: int) -> None:
+        self._open[owner] = len(self.intervals)
+        self.intervals.append((len(self.curve), len(self.curve), size, self._value_id(owner)))
+
+    def _close_interval(self, owner: Owner) -> None:
+        at = self._open.pop(owner, None)
+        if at is not None:
+            start, _, size, order = self.intervals[at]
+            self.intervals[at] = (start, max(start, len(self.curve) - 1), size, order)
+
+    def _value_id(self, owner: Owner) -> tuple[int, int, int]:
+        """The order in which XLA's dataflow analysis numbers `owner`'s value: computations in
+        textual order (callees print first, as in XLA's post order), and in each, operands
+        before users, from each instruction nobody uses, in textual order. The heap layout
+        breaks ties between equal buffers by it, as XLA does by value id."""
+        if not self._ids:
+            for c, comp in enumerate(self.module.computations.values()):
+                by_name = {inst.name: inst for inst in comp.instructions}
+                used = {op for inst in comp.instructions for op in inst.operands}
+                order: dict[str, int] = {}
+                for start in comp.instructions:
+                    if start.name in used:
+                        continue
+                    stack = [(start, 0)]
+                    while stack:  # iterative post-order: a module may nest thousands deep
+                        inst, k = stack.pop()
+                        if inst.name in order:
+                            continue
+                        if k < len(inst.operands):
+                            stack.append((inst, k + 1))
+                            op = by_name.get(inst.operands[k])
+                            if op is not None and op.name not in order:
+                                stack.append((op, 0))
+                        else:
+                            order[inst.name] = len(order)
+                for name, position in order.items():
+                    self._ids[name] = (c, position)
+        return (*self._ids.get(owner[0], (len(self.module.computations), 0)), max(owner[1], 0))
+
+    def _carried_by(self, comp: str, inst: Instruction, values: dict[str, "Owners"],
+                    callee: str) -> "list[Owner | None] | None":
+        """For a while's body: the caller's buffer of each carried element that the loop owns
+        alone (one owner, in one element, allocated in a walked computation), else None."""
+        if inst.opcode != "while" or callee != inst.attributes.get("body", "").strip().lstrip("%") \
+                or self.module.dialect != "hlo":
+            return None
+        value = values.get(inst.name)
+        if not isinstance(value, list):
+            return None
+        counts: dict[Owner, int] = {}
+        for element in value:
+            for owner in element:
+                counts[owner] = counts.get(owner, 0) + 1
+        carried: list[Owner | None] = []
+        for element in value:
+            owner = next(iter(element)) if len(element) == 1 else None
+            made_by = self.module.instruction(comp, owner[0]) if owner is not None else None
+            held = owner is not None and any(level.get(owner, (None, 0))[1] > 0 for level in self.levels)
+            # An entry output or argument is an allocation of its own in XLA, never vacated.
+            alone = held and counts[owner] == 1 and owner not in self.entry_outputs
+            carried.append(owner if alone and made_by.opcode != "parameter" else None)
+        return carried
+
+    def _carry_windows(self, insts: list[Instruction], values: dict[str, "Owners"], end: "dict[Owner, int]",
+                       root_value: "Owners", carried: "list[Owner | None] | None") -> tuple[dict, dict]:
+        """XLA frees a loop-carried buffer inside the body between the last read of the
+        parameter's element and the instruction that makes the element's next value (the
+        body's copy of the carry, the usual first instruction, is what the body reads):
+        ({index: owners vacated after it}, {index: owners refilled before it})."""
+        vacated: dict[int, list[Owner]] = {}
+        refilled: dict[int, list[Owner]] = {}
+        params = [inst for inst in insts if inst.opcode == "parameter"]
+        if not carried or len(params) != 1 or not isinstance(root_value, list) \
+                or not isinstance(values.get(params[0].name), list):
+            return vacated, refilled
+        where = {inst.name: i for i, inst in enumerate(insts)}
+        for k, owner in enumerate(carried):
+            if owner is None or k >= len(root_value) or len(root_value[k]) != 1:
+                continue
+            (made,) = root_value[k]
+            if made[0] == params[0].name or made[0] not in where:
+                continue  # passed through, or written in place: never free
+            last_read = end.get((params[0].name, k), 0)
+            if last_read < where[made[0]]:
+                vacated.setdefault(last_read, []).append(owner)
+                refilled.setdefault(where[made[0]], []).append(owner)
+        return vacated, refilled
+
+    def _lend(self, owner: Owner, back: bool = False) -> int:
+        """Takes a caller's buffer out of the live set (or puts it back); returns its bytes."""
+        if back:
+            if owner not in self._vacated:
+                return 0
+            (inst, size), level = self._vacated.pop(owner)
+            level[owner] = (inst, size)
+            if size:
+                self._open_interval(owner, size)
+            return size
+        for level in reversed(self.levels[:-1]):
+            if owner in level:
+                self._vacated[owner] = (level.pop(owner), level)
+                self._close_interval(owner)
+                return self._vacated[owner][0][1]
+        return 0
+
+
+def _writes_like_a_loop(fusion: Instruction) -> bool:
+    """A loop fusion, or XLA:CPU's YNNPACK fusion (kind kCustom, "__ynn_fusion"), which XLA
+    also lets write into an operand that only elementwise ops read (measured: the conv net's
+    pooling fusion reuses its divisor's buffer)."""
+    kind = fusion.attributes.get("kind", "")
+    return kind == "kLoop" or (kind == "kCustom" and '"__ynn_fusion"' in fusion.attributes.get("backend_config", ""))
 
 
 Owner = tuple[str, int]
@@ -604,6 +762,11 @@ def trace_module(module: HloModule, *, buffer_assignment: str | None = None,
         sources["live_peak"] += "; donated outputs share their argument's buffer"
     else:
         trace_figures = {}
+    layout_total = None
+    if module.dialect == "hlo" and module.is_scheduled:
+        layout_total = sim.fixed_bytes + best_fit_heap(into_output_allocations(sim.intervals, sim.outputs))
+        sources["layout_total"] = ("arguments + outputs + the temporaries placed at offsets as XLA's heap "
+                                   "simulator does (best fit, largest first), gaps included")
     xla_total = None
     if memory is not None and memory.get("xla_total") is not None:
         xla_total = int(memory["xla_total"])
@@ -611,7 +774,7 @@ def trace_module(module: HloModule, *, buffer_assignment: str | None = None,
     trace = Trace(
         schedule=schedule, stacks=stacks, prealloc_accumulated=accumulated, live_curve=curve,
         live_peak=max(curve) if curve else 0, live_peak_index=peak_index, live_at_peak=at_peak,
-        xla_total=xla_total, sources=sources, figures=trace_figures,
+        xla_total=xla_total, sources=sources, figures=trace_figures, layout_total=layout_total,
     )
     if buffer_assignment is not None:
         assignment = parse_buffer_assignment(buffer_assignment)

@@ -153,3 +153,16 @@ def test_builders_are_checked_before_any_compile():
         hloscope.check(EXAMPLE, target="cpu", devices=1, budget="70 parsecs")
     with pytest.raises(hloscope.UnknownTargetError):
         hloscope.profile(EXAMPLE, target="tpu-v9")
+
+
+def test_a_budget_without_xla_numbers_is_judged_by_layout_total():
+    """Text alone (`--hlo FILE`): layout_total, hloscope's model of XLA's total; without a
+    schedule (StableHLO) only live_peak is left."""
+    from hloscope.api import Profile
+
+    both = Profile({"label": "t", "figures": {"xla_total": None, "layout_total": 100, "live_peak": 90}})
+    assert both.figure == ("layout_total", 100) and not both.fits(99) and both.fits(100)
+    assert Profile({"label": "t", "figures": {"xla_total": None, "layout_total": None,
+                                               "live_peak": 90}}).figure == ("live_peak", 90)
+    assert Profile({"label": "t", "figures": {"xla_total": 120, "layout_total": 100,
+                                               "live_peak": 90}}).figure == ("xla_total", 120)
