@@ -34,7 +34,8 @@ def _parser() -> OneLineParser:
                    "the command line overrides it")
     p.add_argument("--phase", type=int, choices=(0, 1, 2, 3, 4),
                    help="MegaBeam phase (section 3; 0: the small preset's base stage); required here or in --config")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny (CPU-sized) or mistral-7b")
+    p.add_argument("--preset", default="tiny",
+                   help="model preset: tiny (CPU-sized), small (57M, the recipe in miniature on one GPU) or mistral-7b")
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<preset>)")
     p.add_argument("--plan", type=Path, help="plan.json from hloscope search")
     p.add_argument("--init-from", help="Hugging Face Mistral directory, orbax checkpoint directory or phase directory")
