@@ -112,12 +112,15 @@ def save_figure(figure: go.Figure, out_dir: Path, name: str, *, width: int = 100
     html = figure.to_html(include_plotlyjs="cdn", full_html=True)
     atomic_write_bytes(out_dir / f"{name}.html", html.encode())
     written["html"] = str(out_dir / f"{name}.html")
-    try:
-        png = figure.to_image(format="png", width=width, height=height, scale=1)
-    except Exception as error:  # kaleido missing, or no Chrome for it to drive
-        print(f"{name}.png skipped ({type(error).__name__}): PNG export needs kaleido and Chrome "
-              "(pip install kaleido; apt-get install chromium, or run plotly_get_chrome)")
-        return written
+    for attempt in range(2):  # a second try: Chrome can fail to start in time on a loaded machine
+        try:
+            png = figure.to_image(format="png", width=width, height=height, scale=1)
+            break
+        except Exception as error:  # kaleido missing, or no Chrome for it to drive
+            if attempt == 1 or isinstance(error, ImportError):
+                print(f"{name}.png skipped ({type(error).__name__}: {str(error)[:200]}): PNG export needs kaleido "
+                      "and Chrome (pip install kaleido; apt-get install chromium, or run plotly_get_chrome)")
+                return written
     atomic_write_bytes(out_dir / f"{name}.png", png)
     written["png"] = str(out_dir / f"{name}.png")
     return written
