@@ -81,13 +81,15 @@ def into_output_allocations(intervals: "list[tuple[int, int, int, Any]]",
     attention's gradient accumulators)."""
     if not outputs or not intervals:
         return list(intervals)
-    slots = sorted(((size, -defined, []) for defined, size in outputs if size > 0), key=lambda s: (-s[0], -s[1]))
+    slots = sorted(((size, defined, []) for defined, size in outputs if size > 0), key=lambda s: (-s[0], s[1]))
     left = []
     for interval in sorted(intervals, key=lambda iv: (-iv[2], iv[3])):
         first, last, size, _ = interval
-        for capacity, negative_defined, taken in slots:
-            if size <= capacity and last < -negative_defined \
-                    and all(last < a or b < first for a, b in taken):
+        for capacity, defined, taken in slots:
+            if size > capacity:
+                left.append(interval)  # the slots are largest first: none further fits
+                break
+            if last < defined and all(last < a or b < first for a, b in taken):
                 taken.append((first, last))
                 break
         else:

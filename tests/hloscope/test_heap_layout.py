@@ -53,3 +53,15 @@ def test_placement_never_overlaps_and_bounds_the_heap(intervals) -> None:
     # Buffers all live at one time leave no gap.
     stacked = [(0, 1, s, k) for _, _, s, k in intervals]
     assert best_fit_heap(stacked) == sum(s for _, _, s, _ in intervals)
+
+
+def test_dead_temporaries_move_into_an_output_allocation() -> None:
+    from hloscope.heap_layout import into_output_allocations
+
+    # One 8-byte output written at t=5. The 8-byte [0,2] and the 4-byte [3,4] fit in it, one
+    # after the other; [4,6] is still live when the output is written; 16 bytes are too many.
+    intervals = [(0, 2, 8, 0), (3, 4, 4, 1), (4, 6, 4, 2), (0, 1, 16, 3)]
+    assert into_output_allocations(intervals, [(5, 8)]) == [(0, 1, 16, 3), (4, 6, 4, 2)]
+    # Two buffers live at once cannot share one output's allocation.
+    assert into_output_allocations([(0, 2, 8, 0), (1, 3, 8, 1)], [(5, 8)]) == [(1, 3, 8, 1)]
+    assert into_output_allocations(intervals, []) == intervals
