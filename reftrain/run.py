@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=args.run_dir or Path("runs") / args.preset, phase=phase, config=config, plan=plan, mesh=mesh,
             data_spec=spec, seed=args.seed, grad_accum=phase.grad_accum, keep=args.keep,
             save_every=0 if args.no_checkpoints else args.save_every,
-            max_steps=args.max_steps, max_seconds=args.max_seconds, init_from=args.init_from, chain_unfinished=args.chain_unfinished,
+            max_steps=args.max_steps, max_seconds=args.max_seconds, init_from=args.init_from,
+            chain_unfinished=args.chain_unfinished,
             peak_tflops=args.peak_tflops, progress=not args.no_progress, tensorboard=args.tensorboard,
             run_config=args.config,
         )

@@ -36,7 +36,8 @@ from reftrain.data._tokenizer import BUILTIN_TOKENIZER, Tokenizer, load_tokenize
 
 __all__ = [
     "BABI_TASKS", "BUILTIN_SOURCES", "BUILTIN_TOKENIZER", "BatchIterator", "Corpus", "DEFAULT_SPEC",
-    "DataError", "DataSpec", "DomainSpec", "InterleavedBatches", "KNOWN_QA_KINDS", "PackingSpec", "Piece", "QABatchIterator", "QAPair",
+    "DataError", "DataSpec", "DomainSpec", "InterleavedBatches", "KNOWN_QA_KINDS", "PackingSpec", "Piece",
+    "QABatchIterator", "QAPair",
     "QASample", "QA_KINDS", "SeqStage", "Story", "StreamPacker", "Tokenizer", "babi_story",
     "cache_dir", "code_default_pairs", "corpus_from_documents", "ensure_shakespeare", "ensure_tokenizer_model",
     "load_corpora", "load_spec", "load_tokenizer", "make_batches", "make_qa_batches",
