@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from hloscope.hlo import CALL_OPCODES, HloModule, Instruction, WhileLoop
+from hloscope.hlo.frames import shown_source
 from hloscope.trace import Stack, dus_of, in_place_operand, prealloc_bytes, walk_schedule
 from hloscope.units import short_bytes
 
@@ -53,6 +54,7 @@ class Finding:
     cause: str = ""
     remedy: str = ""
     origin: str | None = None  # where a loop-invariant stacked value was made, e.g. an entry argument
+    user_source: str | None = None  # the user's line when `source` is a library's (hloscope.hlo.frames)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every field."""
@@ -282,10 +284,11 @@ def _context(chain: list[Instruction]) -> str | None:
     return None
 
 
-def _where(chain: list[Instruction]) -> tuple[str | None, str | None]:
+def _where(chain: list[Instruction]) -> tuple[str | None, str | None, str | None]:
+    """op_name, source line and the user's line (see Finding) of the innermost op in `chain` with each."""
     op_name = next((i.op_name for i in chain if i.op_name), None)
-    src = next((f"{i.source_file}:{i.source_line}" for i in chain if i.source_file and i.source_line), None)
-    return op_name, src
+    at = next((i for i in chain if i.source_file and i.source_line), None)
+    return op_name, at and f"{at.source_file}:{at.source_line}", at and at.user_source
 
 
 def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Finding:
@@ -303,7 +306,7 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
     loops = loops[:len(taken)]
     slice_dims = [d for i, d in enumerate(dims) if i not in taken]
     chain = [site, dus, *reversed(stack)]
-    op_name, source = _where(chain)
+    op_name, source, user_source = _where(chain)
     context = _context(chain)
     dtype = site.shape.dtype
     what = f"{dtype}[{','.join(map(str, slice_dims))}]"
@@ -335,7 +338,7 @@ def _stacked_finding(flow: _Flow, site: Instruction, stack: Stack, result) -> Fi
                   "instead of stacking them.")
     return Finding("loop_stacked_residual", site.name, site.computation, site.opcode, str(site.shape),
                    dtype, site.shape.nbytes(), op_name, source, loops, invariant, context, cause, remedy,
-                   made.removeprefix(", ") or None)
+                   made.removeprefix(", ") or None, user_source)
 
 
 def _describe_origin(origin: Instruction | None) -> str:
@@ -347,7 +350,8 @@ def _describe_origin(origin: Instruction | None) -> str:
         label = f"argument {number}" if number is not None else "an argument"
         name = origin.op_name or origin.name
         return f", {label} {name!r} of {origin.computation}"
-    where = f" at {origin.source_file}:{origin.source_line}" if origin.source_file else ""
+    line = f"{origin.source_file}:{origin.source_line}" if origin.source_file else None
+    where = f" at {shown_source(line, origin.user_source)}" if line else ""
     return f", made by {origin.opcode} {origin.name!r}{where} before the loops"
 
 
@@ -392,11 +396,11 @@ def find_offenders(module: HloModule, *, budget_bytes: int | None = None, budget
             if not argument and (prealloc_bytes(module, inst) == 0 or in_place):
                 continue
             chain = [inst, *reversed(stack)]
-            op_name, source = _where(chain)
+            op_name, source, user_source = _where(chain)
             dtype = inst.shape.dtype
             common = dict(instruction=inst.name, computation=inst.computation, opcode=inst.opcode,
                           shape=str(inst.shape), dtype=dtype, bytes=size, op_name=op_name, source=source,
-                          loops=[], context=_context(chain))
+                          user_source=user_source, loops=[], context=_context(chain))
             # A parameter is data the caller hands in (segment ids, tokens), not a table XLA built;
             # before optimization a broadcast or iota is lazy: XLA fuses it into its consumers.
             lazy = module.dialect == "stablehlo" and inst.opcode in _LAZY_BEFORE_FUSION

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from hloscope._files import atomic_write_text
+from hloscope.hlo.frames import entry_source
 from hloscope.profiling import judged_figure
 from hloscope.units import gib, human_bytes
 
@@ -46,7 +47,7 @@ def _hover_points(profile: dict[str, Any], curve: str) -> tuple[list[int], list[
         xs.append(index)
         ys.append(size / 2**30)
         data.append([info.get("instruction", "-"), info.get("opcode", "-"), info.get("shape", "-"),
-                     human_bytes(size), info.get("source") or "-"])
+                     human_bytes(size), entry_source(info) or "-"])
     return xs, ys, data
 
 
@@ -96,7 +97,7 @@ def buffers_figure(profile: dict[str, Any]) -> go.Figure:
     """The buffers live at the peak, largest on top."""
     buffers = list(reversed(profile.get("live_at_peak") or []))
     labels = [f"{b['instruction']}  {b['shape']}" for b in buffers]
-    data = [[b["instruction"], b.get("opcode", "-"), b["shape"], human_bytes(b["bytes"]), b.get("source") or "-"]
+    data = [[b["instruction"], b.get("opcode", "-"), b["shape"], human_bytes(b["bytes"]), entry_source(b) or "-"]
             for b in buffers]
     figure = go.Figure(go.Bar(x=[b["bytes"] / 2**30 for b in buffers], y=labels, orientation="h", customdata=data,
                               marker={"color": _COLORS[0]}, hovertemplate=_HOVER, name="live at peak"))
@@ -121,7 +122,7 @@ def _figures_table(profile: dict[str, Any], budget: int | None) -> str:
 def _buffers_table(profile: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td><code>{_e(b['instruction'])}</code></td><td>{_e(b.get('opcode'))}</td><td><code>{_e(b['shape'])}</code></td>"
-        f"<td class=num>{_e(human_bytes(b['bytes']))}</td><td><code>{_e(b.get('source'))}</code></td></tr>"
+        f"<td class=num>{_e(human_bytes(b['bytes']))}</td><td><code>{_e(entry_source(b))}</code></td></tr>"
         for b in profile.get("live_at_peak") or [])
     return ("<table><tr><th>instruction</th><th>opcode</th><th>shape</th><th>bytes</th><th>source</th></tr>"
             f"{rows}</table>")
@@ -133,7 +134,7 @@ def _findings_html(profile: dict[str, Any]) -> str:
         return "<p>No findings.</p>"
     return "".join(
         f"<div class=finding><b>{_e(f['kind'])}</b>: <code>{_e(f['shape'])}</code>, {_e(human_bytes(f['bytes']))}"
-        f" at <code>{_e(f.get('source') or f.get('op_name') or f['instruction'])}</code>"
+        f" at <code>{_e(entry_source(f) or f.get('op_name') or f['instruction'])}</code>"
         f"<br><b>cause</b>: {_e(f['cause'])}<br><b>remedy</b>: {_e(f['remedy'])}</div>"
         for f in findings)
 

@@ -74,7 +74,7 @@ def _curves(trace: Trace) -> dict[str, Any]:
     for index in sorted({*kept_live, *kept_accumulated}):
         inst = trace.schedule[index]
         at[str(index)] = {"instruction": inst.name, "opcode": inst.opcode, "shape": str(inst.shape),
-                          "source": _source(inst)}
+                          "source": _source(inst), "user_source": inst.user_source}
     return {
         "prealloc_accumulated": [[i, trace.prealloc_accumulated[i]] for i in kept_accumulated],
         "live": [[i, trace.live_curve[i]] for i in kept_live if i < len(trace.live_curve)],
@@ -95,6 +95,7 @@ def _top_buffers(trace: Trace, count: int) -> list[dict[str, Any]]:
             "bytes": size,
             "op_name": inst.op_name,
             "source": _source(inst),
+            "user_source": inst.user_source,
         }
         for inst, size in trace.largest_allocators(count)
     ]
@@ -129,7 +130,7 @@ def analyse(
         "figure_sources": dict(trace.sources),
         "live_at_peak": [
             {"instruction": inst.name, "opcode": inst.opcode, "shape": str(inst.shape), "bytes": size,
-             "op_name": inst.op_name, "source": _source(inst)}
+             "op_name": inst.op_name, "source": _source(inst), "user_source": inst.user_source}
             for inst, size in trace.live_at_peak[:LIVE_AT_PEAK]
         ],
         "curve": _curves(trace),

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hloscope.hlo.frames import entry_source
 from hloscope.units import human_bytes
 
 FIGURES = ("xla_total", "layout_total", "live_peak", "prealloc_accumulated")
@@ -31,7 +32,7 @@ def _print_findings(console: Console, findings: list[dict[str, Any]], top: int, 
         invariant = {True: "yes", False: "no"}.get(finding.get("loop_invariant"), "-")
         table.add_row(
             str(rank), finding["kind"], human_bytes(finding["bytes"]), finding["shape"], loops, invariant,
-            finding.get("context") or "-", finding.get("source") or finding.get("op_name") or "-",
+            finding.get("context") or "-", entry_source(finding) or finding.get("op_name") or "-",
         )
     console.print(table)
     for rank, finding in enumerate(findings[:top], 1):
@@ -70,7 +71,8 @@ def print_profile(profile: dict[str, Any], *, top: int = 5, console: Console | N
     for column in ("instruction", "opcode", "shape", "bytes", "source"):
         buffers.add_column(column, overflow="fold")
     for buffer in profile["top_buffers"][:top]:
-        buffers.add_row(buffer["instruction"], buffer["opcode"], buffer["shape"], human_bytes(buffer["bytes"]), buffer["source"] or "-")
+        buffers.add_row(buffer["instruction"], buffer["opcode"], buffer["shape"], human_bytes(buffer["bytes"]),
+                        entry_source(buffer) or "-")
     console.print(buffers)
 
 

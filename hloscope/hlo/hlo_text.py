@@ -6,6 +6,7 @@ import re
 
 from hloscope.hlo.build import build_module
 from hloscope.hlo.errors import ParseError, ScanError
+from hloscope.hlo.frames import user_source
 from hloscope.hlo.model import Alias, Computation, HloModule, Instruction, NodeKey, Shape
 from hloscope.hlo.scan import STRING, balance, blank_strings, find_close, split_top, strip_comments, unquote
 from hloscope.hlo.sharding import hlo_global_reason
@@ -575,7 +576,9 @@ class _HloParser:
             if comp.frames:
                 for inst in comp.instructions:
                     if inst.name in comp.frames:
-                        inst.source_file, inst.source_line = frames.source(comp.frames[inst.name])
+                        stack = frames.stack(comp.frames[inst.name])
+                        inst.source_file, inst.source_line = stack[0] if stack else (None, None)
+                        inst.user_source = user_source(stack)
         computations = [Computation(c.name, c.instructions, c.name == entry) for c in self.comps]
         calling = [inst for _, inst in self.checks if inst.called_computations]
         module = build_module(name, "hlo", computations, entry, is_scheduled, self.operand_keys, loop_parts,
@@ -664,13 +667,22 @@ def _metadata(meta: str | None) -> tuple[str | None, str | None, int | None, int
 class _StackFrames:
     """Newer XLA prints source positions once, in FileNames/FileLocations/StackFrames tables,
     and metadata refers to them by ``stack_frame_id``; the frame's own location is the
-    innermost Python line, the one that produced the op."""
+    innermost Python line, the one that produced the op, and ``parent_frame_id`` leads to its
+    caller. XLA's proto numbers frames from 1 with 0 for no parent, but its text printer (jax
+    0.10) writes each parent one higher, so a root frame names itself: when frame 1, always a
+    root (a parent is numbered before its children), is its own parent, every parent is read
+    one lower."""
 
     def __init__(self, sections: dict[str, dict[int, str]]) -> None:
         self.files = {k: unquote(v) if v.startswith('"') and len(v) >= 2 else v
                       for k, v in sections["FileNames"].items()}
         self.locations = {k: dict(_META.findall(v)) for k, v in sections["FileLocations"].items()}
         self.frames = {k: dict(_META.findall(v)) for k, v in sections["StackFrames"].items()}
+        self.parent_shift = 1 if self._parent(1, 0) == 1 else 0
+
+    def _parent(self, frame_id: int, shift: int) -> int:
+        text = self.frames.get(frame_id, {}).get("parent_frame_id", "")
+        return int(text) - shift if text.isdecimal() else 0
 
     def source(self, frame_id: int) -> tuple[str | None, int | None]:
         location_id = self.frames.get(frame_id, {}).get("file_location_id", "")
@@ -678,3 +690,16 @@ class _StackFrames:
         file_id, line = location.get("file_name_id", ""), location.get("line", "")
         source_file = self.files.get(int(file_id)) if file_id.isdecimal() else None
         return source_file, int(line) if line.isdecimal() else None
+
+    def stack(self, frame_id: int) -> list[tuple[str, int]]:
+        """(file, line) of frame `frame_id` and its callers, innermost first; stops at a frame
+        without a file or line, or at one met before (malformed tables cannot loop)."""
+        stack, seen = [], set()
+        while frame_id > 0 and frame_id not in seen:
+            seen.add(frame_id)
+            source_file, line = self.source(frame_id)
+            if source_file is None or line is None:
+                break
+            stack.append((source_file, line))
+            frame_id = self._parent(frame_id, self.parent_shift)
+        return stack

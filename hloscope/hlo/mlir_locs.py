@@ -5,7 +5,8 @@
 wrapping the FileLineColLoc ``"/x/y.py":10:15``; call stacks are ``callsite(callee at caller)``
 and merged ops ``fused[...]``. The op name is the first (outermost) name met depth-first,
 callee before caller, and the file:line is the first file location met the same way, i.e. the
-innermost Python frame: the line that produced the op.
+innermost Python frame: the line that produced the op. The call stack (every file location of
+the callsite chain, innermost first) gives the user's frame (`hloscope.hlo.frames`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,23 @@ _STRING = re.compile(STRING)
 _FILE_POS = re.compile(r":(\d+)(?::(\d+))?(?:\s+to\s+(?:\d+)?(?::\d+)?)?")
 _SPACE = re.compile(r"\s*")
 
-Info = tuple[str | None, str | None, int | None]  # op_name, file, line
-_NONE: Info = (None, None, None)
+Stack = tuple[tuple[str, int], ...]  # (file, line) of the call stack, innermost first
+Info = tuple[str | None, str | None, int | None, Stack]  # op_name, file, line, stack
+_NONE: Info = (None, None, None, ())
 
 
 def _merge(first: Info, second: Info) -> Info:
+    """Parts of a fused location: the first name and the first part's file location."""
     name = first[0] if first[0] is not None else second[0]
     if first[1] is not None:
-        return (name, first[1], first[2])
-    return (name, second[1], second[2])
+        return (name, *first[1:])
+    return (name, *second[1:])
+
+
+def _callsite(callee: Info, caller: Info) -> Info:
+    """``callsite(callee at caller)``: the callee's name and line, the caller's frames after its own."""
+    name, source_file, line, _ = _merge(callee, caller)
+    return name, source_file, line, callee[3] + caller[3]
 
 
 class LocResolver:
@@ -55,7 +64,8 @@ class LocResolver:
         return self._alias(alias, 0)
 
     def resolve(self, text: str | None) -> Info:
-        """op_name, file, line of location text such as ``#loc12`` or ``"name"("f.py":3:4)``."""
+        """op_name, file, line and call stack of location text such as ``#loc12`` or
+        ``"name"("f.py":3:4)``."""
         if not text:
             return _NONE
         known = self._done.get(text)  # '#loc12', resolved before: most ops' location
@@ -111,7 +121,7 @@ class LocResolver:
             caller, j = self._loc(inner, j + 2, depth + 1)
             if inner[j:].strip():
                 raise ScanError("expected ')' after the caller of a callsite location")
-            return _merge(callee, caller), close + 1
+            return _callsite(callee, caller), close + 1
         if s.startswith("fused", i):
             j = i + 5
             if s.startswith("<", j):  # fused<metadata>[...]
@@ -137,11 +147,12 @@ class LocResolver:
         j = m.end()
         pos = _FILE_POS.match(s, j)
         if pos is not None:
-            return (None, value, int(pos.group(1))), pos.end()
+            line = int(pos.group(1))
+            return (None, value, line, ((value, line),)), pos.end()
         if s.startswith("(", j):  # NameLoc with a child location
             close = find_close(s, j, angles=True)
             child, end = self._loc(s[:close], j + 1, depth + 1)
             if s[end:close].strip():
                 raise ScanError("expected ')' after the child of a named location")
-            return (value, child[1], child[2]), close + 1
-        return (value, None, None), j
+            return (value, *child[1:]), close + 1
+        return (value, None, None, ()), j

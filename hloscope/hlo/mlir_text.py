@@ -13,6 +13,7 @@ import re
 
 from hloscope.hlo.build import build_module
 from hloscope.hlo.errors import ParseError, ScanError
+from hloscope.hlo.frames import user_source
 from hloscope.hlo.mlir_locs import LocResolver
 from hloscope.hlo.mlir_ops import (TERMINATORS, OpSyntax, generic_tail, parse_args, parse_attr_dict, parse_op,
                                    read_type, result_shape, set_signature, split_loc)
@@ -593,7 +594,8 @@ class _MlirParser:
                 try:
                     if inst.opcode == "custom_call" or inst.name in scope.symbols:
                         self._calls(inst, scope.symbols.get(inst.name, []))
-                    inst.op_name, inst.source_file, inst.source_line = self.locs.resolve(scope.locs[inst.name])
+                    inst.op_name, inst.source_file, inst.source_line, stack = self.locs.resolve(scope.locs[inst.name])
+                    inst.user_source = user_source(stack)
                     if inst.opcode == "while" and not {"body", "condition"} <= inst.attributes.keys():
                         raise ScanError("expected a while with a cond region and a body region")
                 except ScanError as e:

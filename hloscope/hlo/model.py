@@ -100,6 +100,9 @@ class Instruction:
     position: int
     is_root: bool
     operand_results: list[int | None] = field(default_factory=list)
+    # `file:line` of the innermost call-stack frame outside installed packages when the op's own
+    # line (source_file) is a library's (flax, optax, ...): the line the user would change.
+    user_source: str | None = None
 
     def __repr__(self) -> str:
         return f"<Instruction {self.computation}/{self.name} = {self.shape} {self.opcode}>"
