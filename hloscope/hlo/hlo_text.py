@@ -576,9 +576,7 @@ class _HloParser:
             if comp.frames:
                 for inst in comp.instructions:
                     if inst.name in comp.frames:
-                        stack = frames.stack(comp.frames[inst.name])
-                        inst.source_file, inst.source_line = stack[0] if stack else (None, None)
-                        inst.user_source = user_source(stack)
+                        inst.source_file, inst.source_line, inst.user_source = frames.lines(comp.frames[inst.name])
         computations = [Computation(c.name, c.instructions, c.name == entry) for c in self.comps]
         calling = [inst for _, inst in self.checks if inst.called_computations]
         module = build_module(name, "hlo", computations, entry, is_scheduled, self.operand_keys, loop_parts,
@@ -679,6 +677,7 @@ class _StackFrames:
         self.locations = {k: dict(_META.findall(v)) for k, v in sections["FileLocations"].items()}
         self.frames = {k: dict(_META.findall(v)) for k, v in sections["StackFrames"].items()}
         self.parent_shift = 1 if self._parent(1, 0) == 1 else 0
+        self._lines: dict[int, tuple[str | None, int | None, str | None]] = {}
 
     def _parent(self, frame_id: int, shift: int) -> int:
         text = self.frames.get(frame_id, {}).get("parent_frame_id", "")
@@ -690,6 +689,14 @@ class _StackFrames:
         file_id, line = location.get("file_name_id", ""), location.get("line", "")
         source_file = self.files.get(int(file_id)) if file_id.isdecimal() else None
         return source_file, int(line) if line.isdecimal() else None
+
+    def lines(self, frame_id: int) -> tuple[str | None, int | None, str | None]:
+        """The op's own file and line, and the user's line (`hloscope.hlo.frames.user_source`);
+        once per frame, which the ops of one Python line share."""
+        if frame_id not in self._lines:
+            stack = self.stack(frame_id)
+            self._lines[frame_id] = (*(stack[0] if stack else (None, None)), user_source(stack))
+        return self._lines[frame_id]
 
     def stack(self, frame_id: int) -> list[tuple[str, int]]:
         """(file, line) of frame `frame_id` and its callers, innermost first; stops at a frame
