@@ -76,6 +76,13 @@ TARGETS: dict[str, Target] = {
         memory_bytes=150_754_820_096,
         config_text=_config("h200_141gb.txtpb"),
     ),
+    "b200-180gb": Target(
+        name="b200-180gb",
+        platform="cuda",
+        device_kind="NVIDIA B200",
+        memory_bytes=191_514_411_008,
+        config_text=_config("b200_180gb.txtpb"),
+    ),
 }
 
 

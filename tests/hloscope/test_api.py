@@ -89,7 +89,7 @@ def test_budget_exceeded_reads_like_a_report(cpu_profile):
     assert "exceeds the budget" in text and "Largest buffers" in text and "xla_total" in text
 
 
-@pytest.mark.parametrize("target", ["a100-80gb", "h100-80gb", "h200-141gb"])
+@pytest.mark.parametrize("target", ["a100-80gb", "h100-80gb", "h200-141gb", "b200-180gb"])
 def test_the_example_profiles_for_gpu_targets_without_a_gpu(target):
     _gpu_aot_or_skip()
     profile = hloscope.profile(EXAMPLE, target=target, devices=8, mesh=MESH, **SMALL)

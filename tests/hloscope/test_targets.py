@@ -26,10 +26,10 @@ def _device_info(config_text: str) -> dict[str, str]:
 
 
 def test_known_targets() -> None:
-    assert set(TARGETS) == {"cpu", "a100-80gb", "h100-80gb", "h200-141gb"}
+    assert set(TARGETS) == {"cpu", "a100-80gb", "h100-80gb", "h200-141gb", "b200-180gb"}
     cpu = get_target("cpu")
     assert (cpu.platform, cpu.memory_bytes, cpu.config_text) == ("cpu", None, None)
-    for name in ("a100-80gb", "h100-80gb", "h200-141gb"):
+    for name in ("a100-80gb", "h100-80gb", "h200-141gb", "b200-180gb"):
         target = get_target(name)
         assert target.platform == "cuda" and target.name == name
         assert target.config_text and target.memory_bytes
@@ -57,6 +57,11 @@ def test_unknown_target_lists_names() -> None:
                        "device_memory_size": "84929347584", "memory_bandwidth": "3352320000000",
                        "l2_cache_size": "52428800", "shared_memory_per_core": "233472",
                        "shared_memory_per_block_optin": "232448"}),
+        # XLA's own specs/b200.txtpb.
+        ("b200-180gb", {"major": "10", "core_count": "148", "fpus_per_core": "128", "clock_rate_ghz": "1.965",
+                        "device_memory_size": "191514411008", "memory_bandwidth": "7672320000000",
+                        "l2_cache_size": "132644864", "shared_memory_per_core": "233472",
+                        "shared_memory_per_block_optin": "232448"}),
     ],
 )
 def test_gpu_config_carries_hardware_facts(name: str, expected: dict[str, str]) -> None:
