@@ -1,7 +1,7 @@
 """hloscope: per-device memory of a JAX program before it runs, and which HLO instruction is to blame.
 
-The public API (docs/api.md): `profile`, `check`, `Profile`, `BudgetExceeded`, `ProgramFailed`,
-and `hloscope.testing.assert_fits` for pytest. Importing hloscope loads neither jax nor reftrain
+The public API (docs/api.md): `profile`, `check`, `largest`, `Profile`, `Largest`,
+`BudgetExceeded`, `ProgramFailed`, and `hloscope.testing.assert_fits` for pytest. Importing hloscope loads neither jax nor reftrain
 (programs are built and compiled in a worker process), and loads the API itself on first use,
 so that `hloscope --help` starts at once.
 """
@@ -16,6 +16,8 @@ _EXPORTS = {
     "Profile": "hloscope.api",
     "ProgramFailed": "hloscope.api",
     "check": "hloscope.api",
+    "largest": "hloscope.api",
+    "Largest": "hloscope.api",
     "profile": "hloscope.api",
     "MissingGpuAotError": "hloscope.targets",
     "UnknownTargetError": "hloscope.targets",
@@ -25,7 +27,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from hloscope.api import BudgetExceeded, Profile, ProgramFailed, check, profile
+    from hloscope.api import BudgetExceeded, Largest, Profile, ProgramFailed, check, largest, profile
     from hloscope.targets import MissingGpuAotError, UnknownTargetError
     from hloscope.units import parse_size
     from hloscope.versions import toolchain_versions

@@ -5,6 +5,8 @@
                               mesh={"data": 2, "model": 4}, seq=32768)
     print(report.xla_total, report.fits("70GiB"))
     hloscope.check("mymodel.steps:build", target="a100-80gb", devices=8, budget="70GiB", seq=32768)
+    hloscope.largest("mymodel.steps:build", "seq", target="a100-80gb", devices=8, budget="70GiB",
+                     step=4096, up_to=1 << 20).value
 
 A program is a builder, `build(mesh, **options) -> (fn, args)` (hloscope/programs/__init__.py);
 it is imported, built, lowered and compiled in a worker process, so a crash, a hang or an
@@ -18,10 +20,12 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hloscope._files import atomic_write_text
+from hloscope.binary_search import largest_multiple
 from hloscope.profiling import READABLE_SCHEMAS, CompileFailed, judged_figure, profile_program
 from hloscope.units import human_bytes, parse_size
 
@@ -218,3 +222,47 @@ def check(program: Program, *, target: str, devices: int, budget: int | float | 
     if not result.fits(limit):
         raise BudgetExceeded(result, limit)
     return result
+
+
+@dataclass
+class Largest:
+    """The largest value of one option at which a program fits: `value` (None when even the
+    smallest does not), its `profile`, and every `probes` entry as (value, figure, bytes, fits)."""
+
+    option: str
+    budget: int
+    value: int | None
+    profile: Profile | None
+    probes: list[tuple[int, str, int, bool]] = field(default_factory=list)
+
+
+def largest(program: Program, option: str, *, target: str, devices: int, budget: int | float | str, up_to: int,
+            step: int = 1, mesh: dict[str, int] | None = None, timeout: float = 600,
+            on_probe: Callable[[int, Profile], None] | None = None, **options: Any) -> Largest:
+    """The largest multiple of `step` up to `up_to` for the integer option `option` (sequence
+    length, batch, layers, ...) at which `program` fits `budget` per device, by binary search:
+    about log2(up_to / step) compiles. Memory must not shrink as the option grows. `on_probe`
+    sees each compiled value and its Profile. Raises ValueError for bad arguments, and what
+    `profile` raises (ProgramFailed for a compile that fails, e.g. runs out of host memory)."""
+    limit = parse_size(budget)
+    if not isinstance(option, str) or not option.isidentifier():
+        raise ValueError(f"option must be the name of one of the builder's options, got {option!r}")
+    if option in options:
+        raise ValueError(f"{option} is searched; do not also pass {option}={options[option]!r}")
+    for name, value in (("step", step), ("up_to", up_to)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if up_to < step:
+        raise ValueError(f"up_to ({up_to}) must be at least step ({step})")
+    probes: list[tuple[int, str, int, bool]] = []
+
+    def probe(value: int) -> Profile | None:
+        result = profile(program, target=target, devices=devices, mesh=mesh, timeout=timeout, **{option: value}, **options)
+        name, size = result.figure
+        probes.append((value, name, size, size <= limit))
+        if on_probe:
+            on_probe(value, result)
+        return result if size <= limit else None
+
+    value, found = largest_multiple(probe, step=step, upper=up_to)
+    return Largest(option, limit, value, found, probes)

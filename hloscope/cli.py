@@ -1,8 +1,8 @@
 """The `hloscope` command line: profile a program or HLO text, check it against a budget, diff
 two profiles, search reftrain's train-step settings (writing plan.json), print versions.
 
-Exit codes: 0 done (and, for `check`, fits); 1 does not fit the budget, or the compile ran out
-of memory; 2 a user error (bad flag or value, unreadable or malformed file, unknown target,
+Exit codes: 0 done (and, for `check`, fits; with `--largest`, some value fits); 1 does not fit
+the budget, or the compile ran out of memory; 2 a user error (bad flag or value, unreadable or malformed file, unknown target,
 missing gpu-aot extra, a program that does not import, raises, crashes or hangs), printed as
 one line on stderr with nothing written.
 
@@ -105,28 +105,87 @@ def _read_hlo(path: Path, module: str | None) -> dict[str, Any]:
         raise UserError(f"cannot read --hlo {path}: {error}") from None
 
 
+def _program_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The builder's options: the flags given, then --set; checks the target's toolchain."""
+    options = {name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None}
+    options.update(_settings(args.set))
+    if get_target(args.target).platform == "cuda":
+        check_gpu_aot()
+    return options
+
+
+def _failed(args: argparse.Namespace, status: str, error: str) -> None:
+    """Prints a compile that ran out of memory (the caller exits 1); raises UserError otherwise."""
+    from hloscope.programs import builder_spec
+
+    named = error if builder_spec(args.program) in error else f"{args.program}: {error}"  # a crash does not name it
+    if status != "oom":
+        raise UserError(named)
+    print(f"hloscope: ran out of memory: {named}", file=sys.stderr)
+
+
 def _compile(args: argparse.Namespace) -> dict[str, Any] | None:
     """The profile of --program for the target; None after printing why the compile ran out of memory."""
     from hloscope.profiling import CompileFailed, profile_program
-    from hloscope.programs import builder_spec
 
-    options = {name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None}
-    options.update(_settings(args.set))
-    mesh = parse_mesh(args.mesh)
-    if get_target(args.target).platform == "cuda":
-        check_gpu_aot()
+    options, mesh = _program_options(args), parse_mesh(args.mesh)
     try:
         return profile_program(args.program, options, target=args.target, devices=args.devices, mesh=mesh,
                                timeout_s=args.timeout)
     except ValueError as error:
         raise UserError(str(error)) from None
     except CompileFailed as failure:
-        # A builder's own errors already name it; a crash or a timeout does not.
-        named = failure.error if builder_spec(args.program) in failure.error else f"{args.program}: {failure.error}"
-        if failure.status == "oom":
-            print(f"hloscope: ran out of memory: {named}", file=sys.stderr)
-            return None
-        raise UserError(named) from None
+        _failed(args, failure.status, failure.error)
+        return None
+
+
+def _largest(args: argparse.Namespace, budget: int) -> int:
+    """`check --largest OPTION`: the largest multiple of --step up to --up-to that fits."""
+    from hloscope import report
+    from hloscope.api import ProgramFailed, largest
+
+    if args.hlo is not None:
+        raise UserError("--largest compiles --program at each value; it cannot read --hlo")
+    if args.up_to is None:
+        raise UserError(f"--largest {args.largest} needs --up-to, the largest value to try")
+    options, mesh = _program_options(args), parse_mesh(args.mesh)
+
+    def show(value: int, profile) -> None:
+        name, size = profile.figure
+        verdict = "fits" if size <= budget else "does not fit"
+        print(f"{args.largest}={value:,}: {name} {human_bytes(size)} per device, {verdict}", flush=True)
+
+    try:
+        found = largest(args.program, args.largest, target=args.target, devices=args.devices, budget=budget,
+                        up_to=args.up_to, step=args.step, mesh=mesh, timeout=args.timeout, on_probe=show, **options)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    except ProgramFailed as failure:
+        _failed(args, failure.status, failure.error)
+        return 1
+    failing = [value for value, _, _, fits in found.probes if not fits]
+    above = min((v for v in failing if found.value is None or v > found.value), default=None)
+    beyond = f"; {above:,} does not fit" if above is not None else f" (the largest tried, --up-to {args.up_to:,})"
+    if found.profile is None:
+        print(f"NOTHING FITS: {args.largest}={args.step:,} does not fit {human_bytes(budget)} per device")
+        return 1
+    report.print_profile(found.profile.data, top=args.top, budget=budget)
+    _write_outputs(args, found.profile.data, budget)
+    name, size = found.profile.figure
+    print(f"largest {args.largest} that fits {human_bytes(budget)} per device: {found.value:,} "
+          f"({name} {human_bytes(size)}){beyond}")
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, profile: dict[str, Any], budget: int | None) -> None:
+    if args.json:
+        from hloscope._files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(profile, indent=1))
+    if args.html:
+        from hloscope.html_report import write_report
+
+        write_report([profile], args.html, budget=budget)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -137,18 +196,13 @@ def _profile(args: argparse.Namespace) -> int:
     budget = _budget(args.budget)
     if args.command == "check" and budget is None:
         raise UserError("check needs --budget, e.g. --budget 70GiB")
+    if getattr(args, "largest", None):
+        return _largest(args, budget)
     profile = _read_hlo(args.hlo, args.module) if args.hlo is not None else _compile(args)
     if profile is None:
         return 1
     report.print_profile(profile, top=args.top, budget=budget)
-    if args.json:
-        from hloscope._files import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(profile, indent=1))
-    if args.html:
-        from hloscope.html_report import write_report
-
-        write_report([profile], args.html, budget=budget)
+    _write_outputs(args, profile, budget)
     if budget is None:
         return 0
     from hloscope.api import Profile
@@ -230,6 +284,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="profile, then exit 1 if the program does not fit --budget")
     _add_program_arguments(check)
     check.add_argument("--budget", required=True, help="bytes per device, or a number with a unit: 70GiB, 80GB")
+    check.add_argument("--largest", metavar="OPTION",
+                       help="instead, find the largest value of this integer option (seq, batch, layers, ...) that "
+                            "fits: a binary search over multiples of --step up to --up-to, one compile each")
+    check.add_argument("--up-to", type=int, help="with --largest: the largest value to try")
+    check.add_argument("--step", type=int, default=1, help="with --largest: try multiples of this (default 1)")
     check.set_defaults(run=_profile)
 
     diff = commands.add_parser("diff", help="compare two profiles written with --json")

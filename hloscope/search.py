@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from hloscope._files import atomic_write_text
 from hloscope.compile import CompileRequest, compile_in_worker
+from hloscope.binary_search import largest_multiple
 from hloscope.programs.model_step import ModelStepShape
 from hloscope.speed import equal_documents, predicted_seconds
 from hloscope.targets import DEFAULT_MARGIN, get_target
@@ -241,11 +242,7 @@ def longest_fitting(
 
     Memory grows with length, so fitting is monotone. Returns (length, its chosen outcome).
     """
-    best: tuple[int | None, Outcome | None] = (None, None)
-    lo, hi = 1, upper // step
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        seq = mid * step
+    def probe(seq: int) -> Outcome | None:
         at_seq = ModelStepShape(**{**asdict(base), "seq": seq})
         local = {c: seq // c.shape(at_seq).mesh_sizes(devices)["sp"] for c in cands}
         usable = [c for c in cands if local[c] % c.q_chunk == 0 and local[c] % c.kv_chunk == 0]
@@ -255,8 +252,6 @@ def longest_fitting(
         chosen = choose(outcomes)
         if on_probe:
             on_probe(seq, chosen)
-        if chosen is not None:
-            best, lo = (seq, chosen), mid + 1
-        else:
-            hi = mid - 1
-    return best
+        return chosen
+
+    return largest_multiple(probe, step=step, upper=upper)
