@@ -149,7 +149,7 @@ def test_timeout_kills_the_worker() -> None:
 
 def test_unknown_target_raises_before_spawning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "Popen", None)  # any spawn would fail loudly
-    with pytest.raises(UnknownTargetError, match="a100-80gb, cpu, h100-80gb"):
+    with pytest.raises(UnknownTargetError, match="a100-80gb, b200-180gb, cpu, h100-80gb, h200-141gb"):
         compile_in_worker(_request("looped_matmul", target="b300"))
 
 
