@@ -224,6 +224,54 @@ def build_donated_step(mesh):
             [w, jax.eval_shape(opt.init, w), jax.ShapeDtypeStruct((64, 1024), jnp.float32)])
 
 
+def build_nnx_transformer(mesh):
+    """Flax NNX, written the NNX way (modules as objects, nnx.split/merge around a jitted optax
+    AdamW step that donates its state), attention through jax.nn.dot_product_attention."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    class Block(nnx.Module):
+        def __init__(self, width, heads, rngs):
+            self.heads = heads
+            self.qkv = nnx.Linear(width, 3 * width, use_bias=False, rngs=rngs)
+            self.out = nnx.Linear(width, width, use_bias=False, rngs=rngs)
+            self.up, self.down = nnx.Linear(width, 4 * width, rngs=rngs), nnx.Linear(4 * width, width, rngs=rngs)
+            self.norm1, self.norm2 = nnx.RMSNorm(width, rngs=rngs), nnx.RMSNorm(width, rngs=rngs)
+
+        def __call__(self, x):
+            b, t, d = x.shape
+            q, k, v = (z.reshape(b, t, self.heads, d // self.heads) for z in jnp.split(self.qkv(self.norm1(x)), 3, -1))
+            x = x + self.out(jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, t, d))
+            return x + self.down(nnx.gelu(self.up(self.norm2(x))))
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(4096, 256, rngs=rngs)
+            self.blocks = nnx.List([Block(256, 4, rngs) for _ in range(2)])
+
+        def __call__(self, tokens):
+            x = self.embed(tokens)
+            for block in self.blocks:
+                x = nnx.remat(lambda block, x: block(x))(block, x)
+            return self.embed.attend(x)
+
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Model(nnx.Rngs(0))))
+    opt = optax.adamw(1e-3)
+
+    def step(params, state, tokens):
+        def loss(p):
+            logits = nnx.merge(graphdef, p)(tokens)
+            return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return (jax.jit(step, donate_argnums=(0, 1)),
+            [params, jax.eval_shape(opt.init, params), jax.ShapeDtypeStruct((4, 512), jnp.int32)])
+
+
 _SELF = os.path.abspath(__file__)
 # name -> (program for hloscope.profile, devices, mesh, options)
 PROGRAMS: dict[str, tuple[str, int, dict | None, dict]] = {
@@ -238,6 +286,8 @@ PROGRAMS: dict[str, tuple[str, int, dict | None, dict]] = {
         os.path.join(_HERE, "..", "examples", "flax_decoder.py") + ":build", 4, {"data": 2, "model": 2},
         {"batch": 4, "seq": 256, "d_model": 256, "heads": 4, "layers": 2, "vocab": 4096}),
     "reftrain train step (tiny, seq 1024)": ("train-step", 1, None, {"model": "tiny", "seq": 1024, "q_chunk": 256}),
+    "flax NNX transformer (nnx.remat, jax.nn.dot_product_attention), donated AdamW step": (
+        f"{_SELF}:build_nnx_transformer", 1, None, {}),
     # Larger programs with async collectives, added after the model was fitted on the rows above.
     "reftrain ring attention (524,288 tokens over 8 devices), grad": ("attention", 8, None, {"seq": 524288}),
     "MegaBeam paper's ring attention (nested checkpointed scans, 65,536 tokens over 8), grad": (
