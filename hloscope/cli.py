@@ -2,9 +2,9 @@
 two profiles, search reftrain's train-step settings (writing plan.json), print versions.
 
 Exit codes: 0 done (and, for `check`, fits; with `--largest`, some value fits); 1 does not fit
-the budget, or the compile ran out of memory; 2 a user error (bad flag or value, unreadable or malformed file, unknown target,
-missing gpu-aot extra, a program that does not import, raises, crashes or hangs), printed as
-one line on stderr with nothing written.
+the budget, or the compile ran out of memory; 2 a user error (bad flag or value, unreadable or
+malformed file, unknown target, missing gpu-aot extra, a program that does not import, raises,
+crashes or hangs), printed as one line on stderr with nothing written.
 
 This module imports neither jax nor reftrain: programs compile in a worker process.
 """
