@@ -142,7 +142,7 @@ def _tiny(phase: Phase) -> Phase:
 
 #: The `small` preset (issue 20: the recipe in miniature on one GPU). Its base stage (phase 0)
 #: trains from scratch at SMALL_BASE_LENGTH with the theta Xu et al.'s bound gives that length
-#: (section 4.1; `reftrain.rope.xu_lower_bound`), on the corpora with a quarter of the batches
+#: (section 4.1; `reftrain.rope.xu_lower_bound`), on the corpora with half of the batches
 #: synthetic retrieval QA. Phases 1-4 are the paper's with lengths x SMALL_LENGTH_SCALE (the
 #: base length over Mistral-7B's native 32K: 300K -> 19K, 512K -> 32K), token budgets x
 #: SMALL_BUDGET_SCALE, and theta the bound at the scaled length the paper's theta answers
@@ -165,7 +165,7 @@ def _small() -> tuple[Phase, ...]:
     theta = lambda length: float(f"{xu_lower_bound(length):.3g}")  # the bound, to 3 figures
     base = Phase(0, "base: short context, from scratch", theta(SMALL_BASE_LENGTH), "float32",
                  (Stage(SMALL_BASE_LENGTH, 150_000, SMALL_TOKENS_PER_STEP // SMALL_BASE_LENGTH),), "pretrain", 1e-3, 200,
-                 weight_decay=0.1, qa_fraction=0.25,
+                 weight_decay=0.1, qa_fraction=0.5,
                  note="Not in the paper (MegaBeam starts from Mistral-7B): the small model's own short-context pretraining.")
     extended = []
     for paper in MISTRAL_7B:

@@ -8,9 +8,12 @@
 - "babi-qa1" .. "babi-qa5": stories of the bAbI world simulation (_babi.py).
 - "passkey" (not in the SFT default, QA_KINDS): a made-up name's access code, 5-7 digits, among
   other names' codes: retrieving a fact by its key, the skill a needle-in-a-haystack test asks
-  for, in other words and with other keys than `reftrain.eval`'s needle. The `small` preset's
-  base stage mixes it in (KNOWN_QA_KINDS), so that a model trained from scratch learns to
-  retrieve.
+  for, in other words and with other keys than `reftrain.eval`'s needle. The answer restates
+  the fact ("The access code of Pexhul is 4109521."): copying a line after its restated
+  beginning is the skill a needle prompt, which ends in its needle's beginning, asks for, and a
+  model trained from scratch did not learn it from the code alone (issue 20's first H200 run:
+  answer loss flat at 1.6 nats while the corpus was memorised). The `small` preset's base stage
+  mixes it in (KNOWN_QA_KINDS).
 """
 
 from __future__ import annotations
@@ -138,11 +141,12 @@ _SYLLABLES = ("ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fi", "ga
 
 
 def passkey_pair(rng: np.random.Generator) -> QAPair:
-    """Returns a made-up name (2-3 syllables) and its access code (5-7 digits)."""
+    """Returns a made-up name (2-3 syllables) and its access code (5-7 digits); the answer is the
+    fact itself, restated (the module docstring says why)."""
     name = "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
     code = str(int(rng.integers(10**4, 10**7)))
-    return QAPair(f"What is the access code of {name}?", code, f"The access code of {name} is {code}.", "passkey",
-                  subject=name)
+    fact = f"The access code of {name} is {code}."
+    return QAPair(f"What is the access code of {name}?", fact, fact, "passkey", subject=name)
 
 
 def draw_pair(rng: np.random.Generator, kind: str) -> QAPair:
