@@ -149,7 +149,10 @@ def _tiny(phase: Phase) -> Phase:
 #: (25M ~ the bound at 256K -> the bound at 16K; 75M ~ 512K -> 32K), float32 RoPE.
 SMALL_BASE_LENGTH = 2048
 SMALL_LENGTH_SCALE = SMALL_BASE_LENGTH / (32 * K)
-SMALL_BUDGET_SCALE = {1: 1 / 24, 2: 1 / 24, 3: 1 / 12, 4: 1 / 8}
+# Sized so that the whole recipe fits 25 minutes of one H200 at the speeds its first run measured
+# (phase 0 at 566K tokens/s, 16K-39K rows at about 115K; analyses/results/recipe_in_miniature_h200_run1.md).
+SMALL_BASE_ROWS = 100_000
+SMALL_BUDGET_SCALE = {1: 1 / 40, 2: 1 / 24, 3: 1 / 12, 4: 1 / 8}
 SMALL_TOKENS_PER_STEP = 128 * K
 
 
@@ -164,7 +167,7 @@ def _small() -> tuple[Phase, ...]:
 
     theta = lambda length: float(f"{xu_lower_bound(length):.3g}")  # the bound, to 3 figures
     base = Phase(0, "base: short context, from scratch", theta(SMALL_BASE_LENGTH), "float32",
-                 (Stage(SMALL_BASE_LENGTH, 150_000, SMALL_TOKENS_PER_STEP // SMALL_BASE_LENGTH),), "pretrain", 1e-3, 200,
+                 (Stage(SMALL_BASE_LENGTH, SMALL_BASE_ROWS, SMALL_TOKENS_PER_STEP // SMALL_BASE_LENGTH),), "pretrain", 1e-3, 200,
                  weight_decay=0.1, qa_fraction=0.5,
                  note="Not in the paper (MegaBeam starts from Mistral-7B): the small model's own short-context pretraining.")
     extended = []
