@@ -166,9 +166,9 @@ def _small() -> tuple[Phase, ...]:
     from reftrain.rope import xu_lower_bound
 
     theta = lambda length: float(f"{xu_lower_bound(length):.3g}")  # the bound, to 3 figures
-    base = Phase(0, "base: short context, from scratch", theta(SMALL_BASE_LENGTH), "float32",
-                 (Stage(SMALL_BASE_LENGTH, SMALL_BASE_ROWS, SMALL_TOKENS_PER_STEP // SMALL_BASE_LENGTH),), "pretrain", 1e-3, 200,
-                 weight_decay=0.1, qa_fraction=0.5,
+    base_stage = Stage(SMALL_BASE_LENGTH, SMALL_BASE_ROWS, SMALL_TOKENS_PER_STEP // SMALL_BASE_LENGTH)
+    base = Phase(0, "base: short context, from scratch", theta(SMALL_BASE_LENGTH), "float32", (base_stage,),
+                 "pretrain", 1e-3, 200, weight_decay=0.1, qa_fraction=0.5,
                  note="Not in the paper (MegaBeam starts from Mistral-7B): the small model's own short-context pretraining.")
     extended = []
     for paper in MISTRAL_7B:
