@@ -163,12 +163,11 @@ def _largest(args: argparse.Namespace, budget: int) -> int:
     except ProgramFailed as failure:
         _failed(args, failure.status, failure.error)
         return 1
-    failing = [value for value, _, _, fits in found.probes if not fits]
-    above = min((v for v in failing if found.value is None or v > found.value), default=None)
-    beyond = f"; {above:,} does not fit" if above is not None else f" (the largest tried, --up-to {args.up_to:,})"
     if found.profile is None:
         print(f"NOTHING FITS: {args.largest}={args.step:,} does not fit {human_bytes(budget)} per device")
         return 1
+    above = min((value for value, _, _, fits in found.probes if not fits and value > found.value), default=None)
+    beyond = f"; {above:,} does not fit" if above is not None else f" (the largest tried, --up-to {args.up_to:,})"
     report.print_profile(found.profile.data, top=args.top, budget=budget)
     _write_outputs(args, found.profile.data, budget)
     name, size = found.profile.figure

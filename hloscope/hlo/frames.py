@@ -13,11 +13,10 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-# site-packages/dist-packages (pip, conda, Debian) and any Python's own lib/pythonX.Y
-# (the standard library); "<frozen runpy>", "<string>", "<embedded module>" are no file to edit.
-_LIBRARY = re.compile(r"[/\\](?:site|dist)-packages[/\\]|[/\\]lib(?:64)?[/\\]python\d+(?:\.\d+)?[/\\]|^<")
-
+# site-packages/dist-packages (pip, conda, Debian); with any Python's own lib/pythonX.Y (the
+# standard library) and "<frozen runpy>", "<string>", "<embedded module>" (no file to edit), a library.
 _PACKAGES = re.compile(r"[/\\](?:site|dist)-packages[/\\]")
+_LIBRARY = re.compile(rf"{_PACKAGES.pattern}|[/\\]lib(?:64)?[/\\]python\d+(?:\.\d+)?[/\\]|^<")
 
 Frame = tuple[str, int]  # file, line
 
