@@ -1,7 +1,8 @@
-"""Masked next-token cross-entropy computed in sequence chunks.
+"""Masked next-token cross-entropy computed in chunks of tokens.
 
-float32 logits `[local tokens, vocab]` never exist whole: each chunk of `chunk` tokens makes its
-logits, reduces them to a loss and is rematerialised in the backward pass. With a mesh the loss
+float32 logits `[local tokens, vocab]` never exist whole: each chunk of `chunk` tokens (of the
+whole local batch, not of each row: 64 rows of a 2,048-token chunk once made 16.8 GB of logits)
+makes its logits, reduces them to a loss and is rematerialised in the backward pass. With a mesh the loss
 runs per device inside a shard_map (tokens over (dp, fsdp) x sp, vocabulary over tp, with the
 softmax normaliser reduced across tp).
 """
@@ -19,12 +20,12 @@ from reftrain.sharding import BATCH, activation_spec, batch_spec
 
 
 def _chunk_nll(hidden, kernel, targets, vocab_axis):
-    """Returns float32 nll `[b, c]` of `targets` under logits hidden @ kernel.
+    """Returns float32 nll `[c]` of `targets` under logits hidden @ kernel.
 
-    hidden `[b, c, D]`, kernel `[D, V_local]` (this device's vocabulary slice when vocab_axis
-    names the mesh axis that splits it), targets int `[b, c]` (global token ids).
+    hidden `[c, D]`, kernel `[D, V_local]` (this device's vocabulary slice when vocab_axis
+    names the mesh axis that splits it), targets int `[c]` (global token ids).
     """
-    logits = jnp.einsum("bcd,dv->bcv", hidden, kernel, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("cd,dv->cv", hidden, kernel, preferred_element_type=jnp.float32)
     vocab_local = kernel.shape[1]
     offset = 0 if vocab_axis is None else lax.axis_index(vocab_axis) * vocab_local
     local_max = lax.stop_gradient(jnp.max(logits, axis=-1))
@@ -40,13 +41,16 @@ def _chunk_nll(hidden, kernel, targets, vocab_axis):
 
 
 def _local_loss(hidden, kernel, targets, mask, chunk: int, vocab_axis):
-    """Returns (sum of masked nll, sum of mask) over one device's tokens, in float32."""
+    """Returns (sum of masked nll, sum of mask) over one device's tokens, in float32.
+
+    hidden `[b, T, D]`; the b x T tokens are cut into chunks of `chunk` tokens across rows."""
     b, length, d = hidden.shape
-    chunk = fit_chunk(chunk, length)
-    n = length // chunk
+    tokens = b * length
+    chunk = fit_chunk(chunk, tokens)
+    n = tokens // chunk
 
     def split(x):
-        return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+        return x.reshape(n, chunk, *x.shape[2:])
 
     @jax.checkpoint
     def chunk_sum(h, t, m):

@@ -67,4 +67,17 @@ def test_chunk_is_the_largest_divisor_of_the_length():
     total, _ = cross_entropy_sums(hidden, kernel, targets, mask, chunk=8)  # runs with 6
     np.testing.assert_allclose(float(total), float(plain_sums(hidden, kernel, targets, mask)[0]), rtol=1e-5)
     jaxpr = str(jax.make_jaxpr(lambda h: cross_entropy_sums(h, kernel, targets, mask, chunk=8))(hidden))
-    assert "f32[1,6,64]" in jaxpr and "f32[1,12,64]" not in jaxpr, "logits must exist one 6-token chunk at a time"
+    assert "f32[6,64]" in jaxpr and "f32[12,64]" not in jaxpr, "logits must exist one 6-token chunk at a time"
+
+
+def test_chunk_counts_tokens_of_the_whole_batch():
+    """A chunk is `chunk` tokens across rows, not `chunk` positions of every row: 64 rows with a
+    2,048-token chunk once made [64, 2048, 32000] float32 logits (16.8 GB) in the small preset."""
+    hidden, kernel, targets, mask = inputs(3, 4, 8, 0.7)
+    total, count = cross_entropy_sums(hidden, kernel, targets, mask, chunk=8)
+    want_total, want_count = plain_sums(hidden, kernel, targets, mask)
+    assert float(count) == float(want_count)
+    np.testing.assert_allclose(float(total), float(want_total), rtol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda h: cross_entropy_sums(h, kernel, targets, mask, chunk=8)[0]))(hidden))
+    assert "f32[8,64]" in jaxpr
+    assert "f32[4,8,64]" not in jaxpr and "f32[32,64]" not in jaxpr, "logits of the whole batch at once"
