@@ -116,9 +116,21 @@ class Profile:
         """Offenders (e.g. a loop-invariant value stacked per iteration) with cause and remedy."""
         return self.data["findings"]
 
+    @property
+    def runtime_overhead(self) -> int:
+        """Bytes the target's runtime holds in XLA's pool beyond the program's own (its
+        workspaces: hloscope.targets.GPU_RUNTIME_OVERHEAD on GPU targets, 0 on cpu)."""
+        return int((self.data.get("target") or {}).get("runtime_overhead_bytes") or 0)
+
+    @property
+    def needed(self) -> int:
+        """What a device must hold to run it: `figure` plus `runtime_overhead`."""
+        return self.figure[1] + self.runtime_overhead
+
     def fits(self, budget: int | float | str) -> bool:
-        """True when `figure` is at most `budget` (bytes, or a size such as "70GiB")."""
-        return self.figure[1] <= parse_size(budget)
+        """True when `needed` (figure + runtime overhead) is at most `budget` (bytes, or a size
+        such as "70GiB")."""
+        return self.needed <= parse_size(budget)
 
     def to_json(self) -> str:
         return json.dumps(self.data, indent=1)
@@ -155,8 +167,9 @@ class BudgetExceeded(Exception):
         self.profile, self.budget = profile, budget
         name, size = profile.figure
         self.figure, self.bytes = name, size
-        headline = (f"{profile.label}: {name} {human_bytes(size)} per device exceeds the budget "
-                    f"{human_bytes(budget)} by {human_bytes(size - budget)}")
+        runtime = f" + {human_bytes(profile.runtime_overhead)} runtime" if profile.runtime_overhead else ""
+        headline = (f"{profile.label}: {name} {human_bytes(size)}{runtime} per device exceeds the budget "
+                    f"{human_bytes(budget)} by {human_bytes(profile.needed - budget)}")
         super().__init__(headline + "\n" + profile.summary(budget=budget))
 
 
@@ -259,10 +272,10 @@ def largest(program: Program, option: str, *, target: str, devices: int, budget:
     def probe(value: int) -> Profile | None:
         result = profile(program, target=target, devices=devices, mesh=mesh, timeout=timeout, **{option: value}, **options)
         name, size = result.figure
-        probes.append((value, name, size, size <= limit))
+        probes.append((value, name, size, result.fits(limit)))
         if on_probe:
             on_probe(value, result)
-        return result if size <= limit else None
+        return result if result.fits(limit) else None
 
     value, found = largest_multiple(probe, step=step, upper=up_to)
     return Largest(option, limit, value, found, probes)

@@ -152,8 +152,8 @@ def _largest(args: argparse.Namespace, budget: int) -> int:
 
     def show(value: int, profile) -> None:
         name, size = profile.figure
-        verdict = "fits" if size <= budget else "does not fit"
-        print(f"{args.largest}={value:,}: {name} {human_bytes(size)} per device, {verdict}", flush=True)
+        verdict = "fits" if profile.fits(budget) else "does not fit"
+        print(f"{args.largest}={value:,}: {name} {human_bytes(size)}{_runtime(profile)} per device, {verdict}", flush=True)
 
     try:
         found = largest(args.program, args.largest, target=args.target, devices=args.devices, budget=budget,
@@ -174,6 +174,11 @@ def _largest(args: argparse.Namespace, budget: int) -> int:
     print(f"largest {args.largest} that fits {human_bytes(budget)} per device: {found.value:,} "
           f"({name} {human_bytes(size)}){beyond}")
     return 0
+
+
+def _runtime(profile) -> str:
+    """" + N runtime" where the target's runtime holds memory beyond the program (GPU targets)."""
+    return f" + {human_bytes(profile.runtime_overhead)} runtime" if profile.runtime_overhead else ""
 
 
 def _write_outputs(args: argparse.Namespace, profile: dict[str, Any], budget: int | None) -> None:
@@ -206,9 +211,11 @@ def _profile(args: argparse.Namespace) -> int:
         return 0
     from hloscope.api import Profile
 
-    name, size = Profile(profile).figure
-    fits = size <= budget
-    print(f"{'fits' if fits else 'DOES NOT FIT'}: {name} {human_bytes(size)} per device, budget {human_bytes(budget)}")
+    judged = Profile(profile)
+    name, size = judged.figure
+    fits = judged.fits(budget)
+    print(f"{'fits' if fits else 'DOES NOT FIT'}: {name} {human_bytes(size)}{_runtime(judged)} per device, "
+          f"budget {human_bytes(budget)}")
     return 0 if fits or args.command == "profile" else 1
 
 

@@ -192,7 +192,8 @@ def profile_program(
         label=f"{program}{' ' + settings if settings else ''} on {devices}x {target}{mesh_text}",
         source={"program": program, "options": options, "devices": devices, "mesh": mesh},
         target={"name": resolved_target.name, "device_kind": resolved_target.device_kind,
-                "memory_bytes": resolved_target.memory_bytes},
+                "memory_bytes": resolved_target.memory_bytes,
+                "runtime_overhead_bytes": resolved_target.runtime_overhead_bytes},
         versions=result.versions,
         # Modelled, not measured: a deviceless compile cannot ask cuDNN (hloscope/cudnn_workspace.py).
         cudnn_workspace=result.cudnn_workspace,

@@ -148,7 +148,9 @@ def evaluate(
             atomic_write_text(path, json.dumps(outcome.to_dict()))
     if outcome.status == "ok":
         total = outcome.figures["xla_total"]
-        usable = None if budget is None else int(budget * (1 - margin))
+        # What the pool holds for the step: 1 - margin of the card (reftrain preallocates that
+        # share) less the runtime's own workspaces.
+        usable = None if budget is None else int(budget * (1 - margin)) - get_target(target).runtime_overhead_bytes
         outcome.fits = (usable is None or total <= usable) and (
             host_budget is None or outcome.figures.get("host_total", 0) <= host_budget)
         outcome.headroom_bytes = None if usable is None else usable - total

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -105,8 +106,9 @@ def _mesh(text: str) -> dict[str, int]:
     return sizes
 
 
-def _table(outcomes: list, chosen, budget: int | None, margin: float) -> Table:
-    usable = f"{gib(budget * (1 - margin))} usable of {gib(budget)}" if budget else "no budget"
+def _table(outcomes: list, chosen, budget: int | None, margin: float, overhead: int) -> Table:
+    runtime = f" less {gib(overhead)} runtime" if overhead else ""
+    usable = f"{gib(budget * (1 - margin))}{runtime} usable of {gib(budget)}" if budget else "no budget"
     table = Table(title=f"train-step candidates (xla_total per device; {usable})")
     numeric = ("q", "kv", "block", "tp", "xla_total", "temp", "host", "headroom", "pred. step")
     for column in ("q", "kv", "remat", "block", "tp", "layout", "status", "xla_total", "temp", "host", "fits", "headroom",
@@ -188,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
                               timeout_s=args.timeout, use_cache=not args.no_cache, on_done=done,
                               documents=args.documents, host_budget=host_budget)
     chosen = choose(outcomes)
-    console.print(_table(outcomes, chosen, budget, args.margin))
+    console.print(_table(outcomes, chosen, budget, args.margin, target.runtime_overhead_bytes))
+    fitting = [(args.seq, o) for o in outcomes if o.fits]  # the plan's alternatives (reftrain's next plan down)
     if chosen is None:
         console.print(f"no candidate fits {args.model} at {args.seq:,} tokens on {args.devices} x {args.target}")
     else:
@@ -211,26 +214,39 @@ def run(args: argparse.Namespace) -> int:
             base, args.target, args.devices, lightest, budget=budget, margin=args.margin, step=step, upper=upper,
             jobs=args.jobs, timeout_s=args.timeout, use_cache=not args.no_cache, documents=args.documents,
             host_budget=host_budget,
-            on_probe=lambda s, o: console.print(f"  {s:>10,} tokens: " + ("fits" if o else "does not fit")),
+            on_probe=lambda s, o: (console.print(f"  {s:>10,} tokens: " + ("fits" if o else "does not fit")),
+                                   o is not None and fitting.append((s, o))),
         )
         if seq:
             beyond = f"{seq + step:,} is predicted not to fit" if seq + step <= upper else "the --max-seq-limit"
             console.print(f"longest that fits (multiples of {step:,}, up to {upper:,}): {seq:,} tokens, "
                           f"{best.candidate.remat}, xla_total {gib(best.figures['xla_total'])}; {beyond}")
             if args.max_seq_out is not None:
-                _write_plan(args, target, base, seq, best, budget, host_budget, args.max_seq_out)
+                _write_plan(args, target, base, seq, best, budget, host_budget, args.max_seq_out, fitting)
                 console.print(f"wrote {args.max_seq_out} (the plan for {seq:,} tokens)")
         else:
             console.print(f"nothing fits at {step:,} tokens with {lightest[0].remat}")
     if chosen is None:
         return 1
     if args.out is not None:
-        _write_plan(args, target, base, args.seq, chosen, budget, host_budget, args.out)
+        _write_plan(args, target, base, args.seq, chosen, budget, host_budget, args.out, fitting)
         console.print(f"wrote {args.out}")
     return 0
 
 
-def _write_plan(args, target, base, seq: int, outcome, budget, host_budget, path: Path) -> None:
+def _alternatives(base, seq: int, outcome, fitting: list) -> list[dict]:
+    """The candidates that fit with less memory than the plan's (shorter lengths, lighter remat),
+    most memory first: where reftrain, out of memory on a smaller card, finds the next plan down."""
+    found = {}
+    for at, o in fitting:
+        if o.figures["xla_total"] < outcome.figures["xla_total"]:
+            execution = replace(o.candidate.shape(base), seq=at).config().execution()
+            found[(at, json.dumps(execution, sort_keys=True))] = {
+                "seq_len": at, "execution": execution, "xla_total": o.figures["xla_total"]}
+    return sorted(found.values(), key=lambda a: -a["xla_total"])[:8]
+
+
+def _write_plan(args, target, base, seq: int, outcome, budget, host_budget, path: Path, fitting: list) -> None:
     from reftrain.plan import Plan, write_plan
 
     c = outcome.candidate
@@ -241,10 +257,11 @@ def _write_plan(args, target, base, seq: int, outcome, budget, host_budget, path
         model=args.model, seq_len=seq, mesh=shape.mesh_sizes(args.devices), execution=shape.config().execution(),
         layers=args.layers,
         target={"name": target.name, "device_kind": target.device_kind, "count": args.devices, "memory_bytes": budget,
-                "margin": args.margin, "host_memory_bytes": host_budget},
+                "margin": args.margin, "host_memory_bytes": host_budget,
+                "runtime_overhead_bytes": target.runtime_overhead_bytes},
         predicted={"xla_total": outcome.figures["xla_total"], "host_total": outcome.figures.get("host_total"),
                    "headroom_bytes": outcome.headroom_bytes, "step_seconds": outcome.predicted_s,
-                   "documents": args.documents},
+                   "documents": args.documents, "alternatives": _alternatives(base, seq, outcome, fitting)},
         versions={"jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}, source="hloscope search",
     )
     write_plan(plan, path)

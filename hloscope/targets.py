@@ -19,6 +19,14 @@ GPU_AOT_INSTALL = 'pip install -e ".[gpu-aot]"'
 #: context and cuBLAS/cuDNN workspaces outside XLA's buffers, NCCL's communication buffers and
 #: allocator fragmentation (docs/search.md).
 DEFAULT_MARGIN = 0.10
+#: reftrain.memory.DEFAULT_MARGIN is this number for reftrain's default plan (tests hold them
+#: equal); a plan carries its own, and reftrain preallocates 1 - margin of the card from it.
+
+#: Bytes XLA's pool holds at run time beyond any program's memory_analysis on an NVIDIA GPU: the
+#: runtime's own workspaces, allocated from the same pool (docs/figures.md: measured on an H100
+#: with jax 0.11.2, the largest excess of peak_bytes_in_use over xla_total, rounded up). It is
+#: added to what `fits`, `check` and the search judge, for every cuda target.
+GPU_RUNTIME_OVERHEAD = 256 * 2**20
 
 
 class UnknownTargetError(ValueError):
@@ -39,6 +47,7 @@ class Target:
         device_kind: what `jax.Device.device_kind` reports for this target's devices.
         memory_bytes: device memory per device; None for cpu (host memory is not a budget).
         config_text: GpuTargetConfigProto text for a cuda target; None for cpu.
+        runtime_overhead_bytes: what the runtime holds in the pool beyond the program's buffers.
     """
 
     name: str
@@ -46,6 +55,7 @@ class Target:
     device_kind: str
     memory_bytes: int | None
     config_text: str | None
+    runtime_overhead_bytes: int = GPU_RUNTIME_OVERHEAD
 
 
 def _config(file_name: str) -> str:
@@ -54,7 +64,8 @@ def _config(file_name: str) -> str:
 
 
 TARGETS: dict[str, Target] = {
-    "cpu": Target(name="cpu", platform="cpu", device_kind="cpu", memory_bytes=None, config_text=None),
+    "cpu": Target(name="cpu", platform="cpu", device_kind="cpu", memory_bytes=None, config_text=None,
+                  runtime_overhead_bytes=0),
     "a100-80gb": Target(
         name="a100-80gb",
         platform="cuda",

@@ -86,6 +86,13 @@ class Phase:
     def replace(self, **changes) -> Phase:
         return dataclasses.replace(self, **changes)
 
+    def capped_at(self, seq_len: int) -> Phase:
+        """This phase with every stage longer than `seq_len` run at `seq_len`, in as many more
+        sequences as keep its tokens (what a plan searched at a shorter length can run)."""
+        stages = tuple(stage if stage.seq_len <= seq_len else
+                       Stage(seq_len, -(-stage.tokens // seq_len), stage.batch_size) for stage in self.stages)
+        return self.replace(stages=stages)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -82,6 +82,9 @@ def plan_from_dict(raw: dict[str, Any]) -> Plan:
         raise PlanError(f"plan mesh must give positive integer sizes for {', '.join(MESH_AXES)}, got {plan.mesh}")
     if plan.layers is not None and plan.layers < 1:
         raise PlanError(f"plan layers must be a positive integer or null, got {plan.layers!r}")
+    margin = plan.target.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1):
+        raise PlanError(f"plan target.margin must be a number in [0, 1), got {margin!r}")
     try:  # the model config's own checks, on any preset: names, types and ranges of each setting
         next(iter(PRESETS.values())).with_execution(plan.execution)
     except (TypeError, ValueError) as e:

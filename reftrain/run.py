@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from reftrain.argparse_one_line import OneLineParser
-from reftrain.platform_choice import cpu_unless_a_gpu_is_here
+from reftrain.platform_choice import cpu_unless_a_gpu_is_here, native_noise_filtered
 
 EPILOG = """examples:
   python -m reftrain.run --phase 1                      # tiny preset, 8 virtual CPU devices, runs/tiny
@@ -184,27 +184,47 @@ def main(argv: list[str] | None = None) -> int:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}".strip()
-    import jax
+    from reftrain.memory import describe, grant_memory
+    from reftrain.plan import PlanError, load_plan
+
+    try:  # read before jax starts: its margin sizes XLA's pool
+        plan_file = load_plan(args.plan) if args.plan else None
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cpu = os.environ.get("JAX_PLATFORMS") == "cpu"
+    grant = grant_memory(None if plan_file is None else plan_file.target.get("margin"), cpu=cpu)
+    with native_noise_filtered():
+        import jax
+
+        try:  # before any backend starts; the backends then start here, inside the filter
+            _distributed(args)
+            jax.devices()
+        except (ValueError, RuntimeError) as e:
+            print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__}", file=sys.stderr)
+            return 2
 
     from reftrain.config import get_config
     from reftrain.data import DEFAULT_SPEC, DataError, load_spec
     from reftrain.phases import get_phase
-    from reftrain.plan import PlanError, apply_plan, default_plan, load_plan
+    from reftrain.plan import apply_plan, default_plan
+    from reftrain.train.loop import device_bytes_limit
+    from reftrain.train.out_of_memory import OutOfMemoryError
     from reftrain.sharding import make_mesh
     from reftrain.train import PhaseRun, TrainingError, train_phase
     from reftrain.train import tensorboard
     from reftrain.train.start import StartError, resolve_start
 
     try:
-        _distributed(args)
         phase, config = apply_settings(get_phase(args.preset, args.phase), get_config(args.preset), args.settings)
         longest = max(stage.seq_len for stage in phase.stages)
-        plan = load_plan(args.plan) if args.plan else default_plan(config, longest, jax.device_count())
+        plan = plan_file or default_plan(config, longest, jax.device_count())
         # The plan's execution, then --set over it (what the user names wins).
         phase, config = apply_settings(phase, apply_plan(plan, get_config(args.preset), jax.device_count()), args.settings)
         if longest > plan.seq_len:  # its memory was predicted for plan.seq_len tokens, not more
-            raise PlanError(f"plan {args.plan} was made for {plan.seq_len:,} tokens; phase {phase.number}'s longest "
-                            f"sequence is {longest:,} (search at that length, or --set stages=LENxCOUNT)")
+            phase = phase.capped_at(plan.seq_len)
+            print(f"phase {phase.number}: its stages longer than the plan's {plan.seq_len:,} tokens (up to {longest:,}) "
+                  f"run at {plan.seq_len:,}, in as many more sequences as keep their tokens", file=sys.stderr)
         if jax.default_backend() == "cpu" and "compute_dtype" not in {key for key, _ in args.settings}:
             # XLA:CPU has no bfloat16 matmul units: a tiny step in bfloat16 took 8.7 s, in float32
             # 4.1 s (2 shared cores), with the same losses to 1e-3. `--set compute_dtype=` still wins.
@@ -221,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             max_steps=args.max_steps, max_seconds=args.max_seconds, init_from=args.init_from,
             chain_unfinished=args.chain_unfinished,
             peak_tflops=args.peak_tflops, progress=not args.no_progress, tensorboard=args.tensorboard,
-            run_config=args.config,
+            run_config=args.config, memory=grant,
         )
+        if jax.process_index() == 0 and grant.chosen_by != "cpu":  # CPU devices have no pool to tell of
+            print(describe(grant, device_bytes_limit(mesh), mesh.devices.flat[0].device_kind,
+                           plan.predicted.get("xla_total")), file=sys.stderr, flush=True)
         if args.tensorboard is not None and not tensorboard.available():
             raise ValueError(tensorboard.INSTALL_HINT)
         if args.dry_run:
@@ -232,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(shown, indent=2, default=str))
             return 0
         summary = train_phase(run)
+    except OutOfMemoryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (KeyError, ValueError, PlanError, DataError, TrainingError, StartError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)

@@ -7,20 +7,34 @@
     python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 256,512 --out niah
 """
 
-from reftrain.eval._decode import buffer_length, greedy_decode
-from reftrain.eval._haystack import BOOKS, Haystack, NIAHError, load_haystack, split_sentences
-from reftrain.eval._needle import (
-    CITIES,
-    NEEDLE,
-    QUESTION,
-    NeedleSample,
-    build_sample,
-    draw_needles,
-    is_correct,
-    parse_number,
-)
-from reftrain.eval._report import accuracy_table, heatmap_figure, print_tables, write_outputs
-from reftrain.eval.niah import DEFAULT_MAX_NEW_TOKENS, Cell, build_cells, run_niah, score_cell
+# Names are loaded on first use (PEP 562): `python -m reftrain.eval --help` imports no jax, and a
+# command imports jax once, quietly (reftrain.platform_choice.import_jax_quietly).
+_WHERE = {
+    "BOOKS": "reftrain.eval._haystack",
+    "CITIES": "reftrain.eval._needle",
+    "Cell": "reftrain.eval.niah",
+    "DEFAULT_MAX_NEW_TOKENS": "reftrain.eval.niah",
+    "Haystack": "reftrain.eval._haystack",
+    "NEEDLE": "reftrain.eval._needle",
+    "NIAHError": "reftrain.eval._haystack",
+    "NeedleSample": "reftrain.eval._needle",
+    "QUESTION": "reftrain.eval._needle",
+    "accuracy_table": "reftrain.eval._report",
+    "buffer_length": "reftrain.eval._decode",
+    "build_cells": "reftrain.eval.niah",
+    "build_sample": "reftrain.eval._needle",
+    "draw_needles": "reftrain.eval._needle",
+    "greedy_decode": "reftrain.eval._decode",
+    "heatmap_figure": "reftrain.eval._report",
+    "is_correct": "reftrain.eval._needle",
+    "load_haystack": "reftrain.eval._haystack",
+    "parse_number": "reftrain.eval._needle",
+    "print_tables": "reftrain.eval._report",
+    "run_niah": "reftrain.eval.niah",
+    "score_cell": "reftrain.eval.niah",
+    "split_sentences": "reftrain.eval._haystack",
+    "write_outputs": "reftrain.eval._report",
+}
 
 __all__ = [
     "BOOKS", "CITIES", "Cell", "DEFAULT_MAX_NEW_TOKENS", "Haystack", "NEEDLE", "NIAHError", "NeedleSample",
@@ -28,3 +42,13 @@ __all__ = [
     "greedy_decode", "heatmap_figure", "is_correct", "load_haystack", "parse_number", "print_tables",
     "run_niah", "score_cell", "split_sentences", "write_outputs",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'reftrain.eval' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from reftrain.argparse_one_line import OneLineParser
-from reftrain.platform_choice import cpu_unless_a_gpu_is_here
+from reftrain.platform_choice import cpu_unless_a_gpu_is_here, import_jax_quietly
 
 EPILOG = """examples:
   python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 256,512 --depths 0,50,100 --trials 2 --out niah
@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sp > 1 and "xla_force_host_platform_device_count" not in flags:
         # Only the CPU platform reads this: --sp N runs on N virtual devices there.
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.sp}".strip()
+    from reftrain.memory import grant_memory
+
+    grant_memory(None, cpu=os.environ.get("JAX_PLATFORMS") == "cpu")  # preallocated, as reftrain.run's default
+    import_jax_quietly()
     from reftrain.eval._cli import CLIError, run_cli
 
     try:

@@ -21,12 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from reftrain.config import ModelConfig
 from reftrain.data import DataSpec
 from reftrain.files import atomic_write_bytes
+from reftrain.memory import MemoryGrant
 from reftrain.phases import Phase
 from reftrain.plan import Plan
 from reftrain.train import metrics as metrics_lib
 from reftrain.train.checkpoint import Checkpoints
 from reftrain.train.data_feed import PhaseFeed
 from reftrain.train.optim import make_optimizer
+from reftrain.train.out_of_memory import OutOfMemoryError, failed_allocation, is_out_of_memory, message, xla_total
 from reftrain.train.start import StartError, load_start_params, resolve_start
 from reftrain.train.tensorboard import TensorBoardLog
 from reftrain.train.state import abstract_state, init_state
@@ -59,6 +61,7 @@ class PhaseRun:
     progress: bool = True
     tensorboard: Path | None = None  # also write the step scalars as TensorBoard events here
     run_config: Path | None = None  # the --config TOML, copied into the phase directory
+    memory: MemoryGrant | None = None  # what XLA's allocator was told before jax started (reftrain.memory)
 
     @property
     def phase_dir(self) -> Path:
@@ -77,8 +80,53 @@ class PhaseRun:
             # warns once when a step's measured peak exceeds it by more than 5%.
             "predicted_bytes": self.plan.predicted.get("xla_total"),
             "run_config": None if self.run_config is None else str(self.run_config),
+            "memory": None if self.memory is None else self.memory.to_dict() | {"bytes_limit": device_bytes_limit(self.mesh)},
             "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__},
         }
+
+
+def device_bytes_limit(mesh: Mesh) -> int | None:
+    """The memory XLA's allocator may use on this process's first device of `mesh` (None on CPU)."""
+    device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    return (device.memory_stats() or {}).get("bytes_limit")
+
+
+class _Steps:
+    """The train step compiled once per batch shape, each refused in one line (OutOfMemoryError)
+    when XLA's compile needs more than the device's pool, and any out-of-memory while a step
+    runs turned into the same line."""
+
+    def __init__(self, run: PhaseRun, step_fn, checkpoints: Checkpoints):
+        self.run, self.step_fn, self.checkpoints = run, step_fn, checkpoints
+        self.compiled: dict[tuple, Any] = {}
+        self.xla_total: int | None = None  # the last step's, from its compile (metrics.jsonl)
+        self.limit = device_bytes_limit(run.mesh)
+        self.kind = run.mesh.devices.flat[0].device_kind
+
+    def __call__(self, state, batch, seq_len: int):
+        key = tuple((name, batch[name].shape) for name in sorted(batch))
+        try:
+            if key not in self.compiled:
+                compiled = self.step_fn.lower(state, batch).compile()
+                needed = xla_total(compiled.memory_analysis())
+                if self.limit is not None and needed is not None and needed > self.limit:
+                    raise OutOfMemoryError(self._line(seq_len, needed))
+                self.compiled[key] = (compiled, needed)
+            compiled, self.xla_total = self.compiled[key]
+            state, metrics = compiled(state, batch)
+            return state, jax.device_get(metrics)
+        except jax.errors.JaxRuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            raise OutOfMemoryError(self._line(seq_len, failed_allocation(error))) from None
+
+    def _line(self, seq_len: int, needed: int | None) -> str:
+        self.checkpoints.close()
+        latest = self.checkpoints.latest_step()
+        kept = (f"nothing written; the latest checkpoint, step {latest} in {self.checkpoints.directory}, is intact"
+                if latest is not None else "nothing written (no checkpoint of this phase yet)")
+        return message(self.run.plan, self.run.memory, phase=self.run.phase.number, seq_len=seq_len, needed=needed,
+                       bytes_limit=self.limit, device_kind=self.kind, checkpoint=kept)
 
 
 def _write_json_atomic(path: Path, value: dict) -> None:
@@ -143,7 +191,7 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
     if run.run_config is not None and jax.process_index() == 0:
         atomic_write_bytes(run.phase_dir / "run.toml", Path(run.run_config).read_bytes())
 
-    step_fn = make_train_step(run.config, optimizer, schedule, run.mesh)
+    step_fn = _Steps(run, make_train_step(run.config, optimizer, schedule, run.mesh), checkpoints)
     end = total if run.max_steps is None else min(total, start + run.max_steps)
     try:
         losses, end = _train_steps(run, state, feed, step_fn, checkpoints, log, start, end, total)
@@ -197,13 +245,13 @@ def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Ch
             task = progress.add_task("train", total=total, completed=start, info="")
             for step in range(start, end):
                 batch = feed.batch(step)
-                began = time.perf_counter()
-                state, m = step_fn(state, batch)
-                m = jax.device_get(m)
-                seconds = time.perf_counter() - began
                 seq_len = feed.seq_len(step)
+                began = time.perf_counter()
+                state, m = step_fn(state, batch, seq_len)
+                seconds = time.perf_counter() - began
                 tokens_per_s = float(np.prod(batch["tokens"].shape)) / seconds
                 record = _record(run, step, m, seq_len, tokens_per_s, feed.attended_length(), seconds, peak, local_devices)
+                record["xla_total"] = step_fn.xla_total
                 if not bool(m["finite"]):
                     checkpoints.close()
                     good = checkpoints.latest_step()

@@ -109,8 +109,8 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path, capsys):
           "q_chunk": 16, "kv_chunk": 16, "remat_policy": "full"}, "needs 32 devices, this machine has 8"),
         ({"schema": "hloscope.plan/2", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
           "execution": {"q_chunk": 16, "document_block": -4}}, "plan execution: document_block must be >= 0"),
-        ({"schema": "hloscope.plan/2", "model": "tiny", "seq_len": 64, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
-          "execution": {}}, "was made for 64 tokens; phase 1's longest sequence is"),
+        ({"schema": "hloscope.plan/2", "model": "tiny", "seq_len": 128, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
+          "execution": {}, "target": {"margin": 1.5}}, "plan target.margin must be a number in [0, 1)"),
     ],
 )
 def test_bad_plans_are_refused(tmp_path, capsys, plan, message):
@@ -120,6 +120,23 @@ def test_bad_plans_are_refused(tmp_path, capsys, plan, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_plan_shorter_than_the_phase_runs_its_stages_at_the_plan_length(tmp_path, capsys):
+    """A plan searched at a shorter length (the longest that fits a card) runs the phase at it,
+    keeping the phase's tokens, and says so."""
+    phase = get_phase("tiny", 1)
+    short = 128
+    assert max(stage.seq_len for stage in phase.stages) > short
+    plan = {"schema": "hloscope.plan/2", "model": "tiny", "seq_len": short, "mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8},
+            "execution": {"q_chunk": 16, "kv_chunk": 16}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path / "run"), "--plan", str(tmp_path / "plan.json"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    stages = json.loads(captured.out)["phase"]["stages"]
+    assert max(stage["seq_len"] for stage in stages) == short
+    assert sum(stage["seq_len"] * stage["sequences"] for stage in stages) >= phase.tokens
+    assert f"run at {short:,}" in captured.err
 
 
 def test_dry_run_shows_the_plan(tmp_path, capsys):
