@@ -1,7 +1,7 @@
 """Causal attention forward + backward on one GPU, with documents: our cuDNN ring kernel over a
 sweep of (document slots, document block) against cuDNN's single call.
 
-    XLA_PYTHON_CLIENT_PREALLOCATE=false python analyses/bench_attention.py \\
+    python analyses/bench_attention.py \\
         [--lengths 65536 131072] [--documents 0 3 16 64] [--variants 16/0 16/4096 8/8192 4/16384 2/32768]
 
 Every variant compiles for 15-30 s on an H200: the full default does not fit 8 minutes; the
@@ -179,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad or any(n < 0 or n * 128 > min(args.lengths) for n in args.documents):
         print(f"bad --variants {bad} (SLOTS/BLOCK, SLOTS >= 1) or --documents (0 to length/128)", file=sys.stderr)
         return 2
-    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") != "false":
-        print("set XLA_PYTHON_CLIENT_PREALLOCATE=false: peak memory is meaningless with a preallocated pool",
-              file=sys.stderr)
-        return 2
+    # The allocator users run: preallocated as reftrain.run preallocates (peak_bytes_in_use counts
+    # bytes in use, not the pool; growth mode fragments and failed 54-58 GB steps on an H100).
+    from reftrain.memory import grant_memory
+
+    grant_memory(None, cpu=False)
 
     from reftrain.files import atomic_write_bytes
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     _ratios(rows)
     table = _markdown(rows)
     print(table)
-    command = "XLA_PYTHON_CLIENT_PREALLOCATE=false python analyses/bench_attention.py " + " ".join(argv or sys.argv[1:])
+    command = "python analyses/bench_attention.py " + " ".join(argv or sys.argv[1:])
     report = {"command": command.strip(), **meta, "rows": rows}
     atomic_write_bytes(args.out_dir / f"{args.name}.json", (json.dumps(report, indent=1) + "\n").encode())
     atomic_write_bytes(args.out_dir / f"{args.name}.md", f"`{command.strip()}` on {meta.get('device')}\n\n{table}".encode())

@@ -1,6 +1,6 @@
 """Training-step throughput on one GPU: tokens/s and MFU of a Mistral-shaped model.
 
-    XLA_PYTHON_CLIENT_PREALLOCATE=false python analyses/bench_train.py [--layers 8] [--lengths 32768 65536] \
+    python analyses/bench_train.py [--layers 8] [--lengths 32768 65536] \
         [--remat full save_attention ...] [--anchor ../shared/bench/anchor_train.py]
 
 The model is Mistral-7B's width (hidden 4096, 32/8 heads, MLP 14336, vocabulary 32,000) with
@@ -174,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(_run_one(json.loads(args.one))))
         return 0
-    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") != "false":
-        print("set XLA_PYTHON_CLIENT_PREALLOCATE=false: peak memory is meaningless with a preallocated pool", file=sys.stderr)
-        return 2
+    # The allocator users run: preallocated as reftrain.run preallocates (peak_bytes_in_use counts
+    # bytes in use, not the pool; growth mode fragments and failed 54-58 GB steps on an H100).
+    from reftrain.memory import grant_memory
+
+    grant_memory(None, cpu=False)
     if any(n < 0 or n * 128 > min(args.lengths) for n in args.documents):
         print(f"bad --documents {args.documents}: each from 0 to the shortest length / 128", file=sys.stderr)
         return 2

@@ -48,6 +48,9 @@ CASES = [
                                                           "kv_chunk": 4096, "remat": "save_dots_attention"}),
     ("train-step 8L 32K save_dots_attention", "train-step", {"model": "mistral-7b", "layers": 8, "seq": 32768, "q_chunk": 2048,
                                                           "kv_chunk": 4096, "remat": "save_dots_attention"}),
+    # The longest plan `hloscope search --max-seq` found to fit one H100 with 8 layers (analyses/results/plan_runs).
+    ("train-step 8L 272K full", "train-step", {"model": "mistral-7b", "layers": 8, "seq": 278528, "q_chunk": 2048,
+                                              "kv_chunk": 4096, "remat": "full", "phase": 1}),
     # The small preset's base-stage step (64 rows of 2,048 tokens, one cuDNN call of 16 slots a row).
     ("small base step 64x2K", "train-step", {"model": "small", "seq": 2048, "batch": 64, "q_chunk": 1024, "kv_chunk": 1024,
                                              "document_block": 0, "phase": 1}),
@@ -70,7 +73,8 @@ def predict(out_dir: Path) -> int:
     return 0
 
 
-def _measure_one(index: int, runs: int = 3, hlo_path: Path | None = None, deviceless: bool = False) -> dict:
+def _measure_one(index: int, runs: int = 3, hlo_path: Path | None = None, deviceless: bool = False,
+                 device_memory: int | None = None) -> dict:
     """Compiles case `index` on this GPU (or, `deviceless`, for hloscope's h100-80gb target
     without using it: the jax version here, not the device, against the CPU host's prediction)
     and runs it: XLA's figures, the peak of its first run, and the median time of `runs`."""
@@ -88,9 +92,16 @@ def _measure_one(index: int, runs: int = 3, hlo_path: Path | None = None, device
     label, program, options = CASES[index]
     # What hloscope._lower.lower does, keeping the abstract arguments to fill.
     if deviceless:
-        from hloscope._worker import _devices
+        import re
 
-        devices = _devices(TARGET, 1)
+        from jax.experimental import topologies
+
+        from hloscope.targets import get_target
+
+        text = get_target(TARGET).config_text  # device_memory: what XLA's memory limit derives from
+        if device_memory:
+            text = re.sub(r"device_memory_size: \d+", f"device_memory_size: {device_memory}", text)
+        devices = list(topologies.get_topology_desc(platform="cuda", target_config=text, topology="1x1x1").devices)
     else:
         devices = jax.devices()[:1]
     axes = mesh_axes(program, len(devices), options, None)
@@ -106,7 +117,7 @@ def _measure_one(index: int, runs: int = 3, hlo_path: Path | None = None, device
     memory["xla_total"] = (memory["argument_size_in_bytes"] + memory["output_size_in_bytes"]
                            + memory["temp_size_in_bytes"] - memory["alias_size_in_bytes"])
     if deviceless:
-        return {"label": label, "real_compile": memory, "jax": jax.__version__}
+        return {"label": label, "real_compile": memory, "jax": jax.__version__, "device_memory": device_memory}
     before = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
     arguments = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype, device=a.sharding), list(abstract))
     seconds, peak = [], None
@@ -166,6 +177,7 @@ def measure(out_dir: Path, predicted_path: Path, only: list[str] | None = None, 
                    runtime_excess_bytes=row["peak_bytes_in_use"] - real)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        atomic_write_bytes(out_dir / "hloscope_vs_gpu.partial.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
     lines = ["| program | deviceless xla_total | real-compile xla_total | measured peak | deviceless / real - 1 | "
              "prediction / peak - 1 | peak - real compile | default flags: real compile, peak, step s vs hloscope's | "
              "deviceless on the GPU host |",
@@ -206,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="measure only the cases of these labels")
     parser.add_argument("--hlo-dir", type=Path, help="measure: write each real compile's optimized HLO here")
     parser.add_argument("--hlo", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--device-memory", type=int, help="deviceless-one: the target config's device_memory_size")
     args = parser.parse_args(argv)
     if args.mode == "predict":
         return predict(args.out_dir)
@@ -213,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_measure_one(args.index, hlo_path=args.hlo)))
         return 0
     if args.mode == "deviceless-one":
-        print(json.dumps(_measure_one(args.index, deviceless=True)))
+        print(json.dumps(_measure_one(args.index, deviceless=True, device_memory=args.device_memory)))
         return 0
     return measure(args.out_dir, args.predicted, args.only, args.hlo_dir)
 

@@ -246,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         if jax.process_index() == 0 and grant.chosen_by != "cpu":  # CPU devices have no pool to tell of
             print(describe(grant, device_bytes_limit(mesh), mesh.devices.flat[0].device_kind,
                            plan.predicted.get("xla_total")), file=sys.stderr, flush=True)
+            predicted_with = plan.versions.get("jax")
+            if plan.predicted.get("xla_total") and predicted_with and predicted_with != jax.__version__:
+                print(f"warning: the plan's memory was predicted with jax {predicted_with}, this run has jax "
+                      f"{jax.__version__}: XLA versions lay a step out differently (-3.1% to +6.8% on an H100, "
+                      "docs/figures.md); each step's own compile is checked against the pool", file=sys.stderr)
         if args.tensorboard is not None and not tensorboard.available():
             raise ValueError(tensorboard.INSTALL_HINT)
         if args.dry_run:
