@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             predicted_with = plan.versions.get("jax")
             if plan.predicted.get("xla_total") and predicted_with and predicted_with != jax.__version__:
                 print(f"warning: the plan's memory was predicted with jax {predicted_with}, this run has jax "
-                      f"{jax.__version__}: XLA versions lay a step out differently (-3.1% to +6.8% on an H100, "
+                      f"{jax.__version__}: XLA versions lay a step out differently (-3.1% to +6.4% on an H100, "
                       "docs/figures.md); each step's own compile is checked against the pool", file=sys.stderr)
         if args.tensorboard is not None and not tensorboard.available():
             raise ValueError(tensorboard.INSTALL_HINT)

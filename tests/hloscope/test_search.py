@@ -193,6 +193,11 @@ def test_max_seq_finds_the_longest_length_and_writes_its_plan(tmp_path, capsys):
     written, at_seq = json.loads(longest.read_text()), json.loads(plan.read_text())
     assert (written["seq_len"], at_seq["seq_len"]) == (3072, 1024)
     assert written["execution"]["remat_policy"] == "full" and written["predicted"]["xla_total"] > at_seq["predicted"]["xla_total"]
+    # The next plans down, for a run out of memory on a smaller card: shorter probes that fit, most memory first.
+    alternatives = written["predicted"]["alternatives"]
+    assert alternatives and all(a["seq_len"] < 3072 and a["xla_total"] < written["predicted"]["xla_total"] for a in alternatives)
+    assert [a["xla_total"] for a in alternatives] == sorted((a["xla_total"] for a in alternatives), reverse=True)
+    assert written["target"]["margin"] == 0.1 and written["target"]["runtime_overhead_bytes"] == 0  # cpu: none
     # A budget between the two lengths' needs: the longest is shorter, and the next length up does not fit.
     budget = (written["predicted"]["xla_total"] + at_seq["predicted"]["xla_total"]) // 2
     assert cli.main([*args, "--memory", str(int(budget / 0.9))]) == 0

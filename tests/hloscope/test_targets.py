@@ -102,3 +102,15 @@ def test_check_gpu_aot_names_missing_ptxas(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setattr(targets, "cuda_nvcc_dir", lambda: tmp_path)
     with pytest.raises(MissingGpuAotError, match="ptxas is missing"):
         check_gpu_aot()
+
+
+def test_gpu_targets_judge_the_runtime_overhead_and_the_cpu_none():
+    """`fits` adds what the runtime holds in the pool beyond XLA's total (measured on an H100)."""
+    from hloscope.api import Profile
+    from hloscope.targets import GPU_RUNTIME_OVERHEAD, TARGETS
+
+    assert TARGETS["cpu"].runtime_overhead_bytes == 0
+    assert all(t.runtime_overhead_bytes == GPU_RUNTIME_OVERHEAD for t in TARGETS.values() if t.platform == "cuda")
+    profile = Profile({"label": "p", "figures": {"xla_total": 1000, "live_peak": 900},
+                       "target": {"name": "h100-80gb", "runtime_overhead_bytes": 24}})
+    assert profile.needed == 1024 and profile.fits(1024) and not profile.fits(1023)
