@@ -209,13 +209,18 @@ def run(args: argparse.Namespace) -> int:
         step = c.shape(base).mesh_sizes(args.devices)["sp"] * max(c.q_chunk, c.kv_chunk)
         upper = args.max_seq_limit or (4 * args.seq if chosen is not None else args.seq - step)
         remat = min(_remats(args.remat), key=MEMORY_ORDER.index)
+
+        def probed(seq: int, outcome) -> None:
+            console.print(f"  {seq:>10,} tokens: " + ("fits" if outcome else "does not fit"))
+            if outcome is not None:
+                fitting.append((seq, outcome))
+
         lightest = [replace(c, remat=remat, document_block=min((b for b in blocks if b), default=0))]
         seq, best = longest_fitting(
             base, args.target, args.devices, lightest, budget=budget, margin=args.margin, step=step, upper=upper,
             jobs=args.jobs, timeout_s=args.timeout, use_cache=not args.no_cache, documents=args.documents,
             host_budget=host_budget,
-            on_probe=lambda s, o: (console.print(f"  {s:>10,} tokens: " + ("fits" if o else "does not fit")),
-                                   o is not None and fitting.append((s, o))),
+            on_probe=probed,
         )
         if seq:
             beyond = f"{seq + step:,} is predicted not to fit" if seq + step <= upper else "the --max-seq-limit"
