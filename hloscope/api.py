@@ -127,6 +127,11 @@ class Profile:
         """What a device must hold to run it: `figure` plus `runtime_overhead`."""
         return self.figure[1] + self.runtime_overhead
 
+    @property
+    def runtime_note(self) -> str:
+        """" + N runtime" where the target's runtime holds memory beyond the program, else ""."""
+        return f" + {human_bytes(self.runtime_overhead)} runtime" if self.runtime_overhead else ""
+
     def fits(self, budget: int | float | str) -> bool:
         """True when `needed` (figure + runtime overhead) is at most `budget` (bytes, or a size
         such as "70GiB")."""
@@ -167,8 +172,7 @@ class BudgetExceeded(Exception):
         self.profile, self.budget = profile, budget
         name, size = profile.figure
         self.figure, self.bytes = name, size
-        runtime = f" + {human_bytes(profile.runtime_overhead)} runtime" if profile.runtime_overhead else ""
-        headline = (f"{profile.label}: {name} {human_bytes(size)}{runtime} per device exceeds the budget "
+        headline = (f"{profile.label}: {name} {human_bytes(size)}{profile.runtime_note} per device exceeds the budget "
                     f"{human_bytes(budget)} by {human_bytes(profile.needed - budget)}")
         super().__init__(headline + "\n" + profile.summary(budget=budget))
 
@@ -272,10 +276,11 @@ def largest(program: Program, option: str, *, target: str, devices: int, budget:
     def probe(value: int) -> Profile | None:
         result = profile(program, target=target, devices=devices, mesh=mesh, timeout=timeout, **{option: value}, **options)
         name, size = result.figure
-        probes.append((value, name, size, result.fits(limit)))
+        fits = result.fits(limit)
+        probes.append((value, name, size, fits))
         if on_probe:
             on_probe(value, result)
-        return result if result.fits(limit) else None
+        return result if fits else None
 
     value, found = largest_multiple(probe, step=step, upper=up_to)
     return Largest(option, limit, value, found, probes)

@@ -153,7 +153,7 @@ def _largest(args: argparse.Namespace, budget: int) -> int:
     def show(value: int, profile) -> None:
         name, size = profile.figure
         verdict = "fits" if profile.fits(budget) else "does not fit"
-        print(f"{args.largest}={value:,}: {name} {human_bytes(size)}{_runtime(profile)} per device, {verdict}", flush=True)
+        print(f"{args.largest}={value:,}: {name} {human_bytes(size)}{profile.runtime_note} per device, {verdict}", flush=True)
 
     try:
         found = largest(args.program, args.largest, target=args.target, devices=args.devices, budget=budget,
@@ -174,11 +174,6 @@ def _largest(args: argparse.Namespace, budget: int) -> int:
     print(f"largest {args.largest} that fits {human_bytes(budget)} per device: {found.value:,} "
           f"({name} {human_bytes(size)}){beyond}")
     return 0
-
-
-def _runtime(profile) -> str:
-    """" + N runtime" where the target's runtime holds memory beyond the program (GPU targets)."""
-    return f" + {human_bytes(profile.runtime_overhead)} runtime" if profile.runtime_overhead else ""
 
 
 def _write_outputs(args: argparse.Namespace, profile: dict[str, Any], budget: int | None) -> None:
@@ -214,7 +209,7 @@ def _profile(args: argparse.Namespace) -> int:
     judged = Profile(profile)
     name, size = judged.figure
     fits = judged.fits(budget)
-    print(f"{'fits' if fits else 'DOES NOT FIT'}: {name} {human_bytes(size)}{_runtime(judged)} per device, "
+    print(f"{'fits' if fits else 'DOES NOT FIT'}: {name} {human_bytes(size)}{judged.runtime_note} per device, "
           f"budget {human_bytes(budget)}")
     return 0 if fits or args.command == "profile" else 1
 

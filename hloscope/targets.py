@@ -17,10 +17,10 @@ GPU_AOT_INSTALL = 'pip install -e ".[gpu-aot]"'
 
 #: Fraction of device memory kept free for what compile-time analysis cannot see: the CUDA
 #: context and cuBLAS/cuDNN workspaces outside XLA's buffers, NCCL's communication buffers and
-#: allocator fragmentation (docs/search.md).
+#: allocator fragmentation (docs/search.md). A plan carries its margin, and reftrain preallocates
+#: 1 - margin of the card from it (reftrain.memory.DEFAULT_MARGIN, for its default plan, is this
+#: number: a test holds them equal).
 DEFAULT_MARGIN = 0.10
-#: reftrain.memory.DEFAULT_MARGIN is this number for reftrain's default plan (tests hold them
-#: equal); a plan carries its own, and reftrain preallocates 1 - margin of the card from it.
 
 #: Bytes XLA's pool holds at run time beyond a program's memory_analysis on an NVIDIA GPU. cuBLAS
 #: and cuDNN workspaces are buffers of the HLO itself (in xla_total), and the CUDA context lives
