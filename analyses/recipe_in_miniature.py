@@ -54,6 +54,8 @@ def _configure(parser) -> None:
     parser.add_argument("--depths", default="0,25,50,75,100")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], help="passed to every reftrain.run (tests shrink stages)")
+    parser.add_argument("--require-base", type=float, default=0.0,
+                        help="stop (exit 1) when NIAH at the base length after phase 0 is below this (float32)")
 
 
 def _finished(run_dir: Path, phase: int) -> bool:
@@ -92,9 +94,39 @@ def one_call(args) -> list[str]:
                       "--lengths", lengths, "--depths", args.depths, "--trials", str(args.trials), "--compare-rope-dtypes",
                       "--out", str(niah.parent)])
                 done.append(f"evaluated phase {phase}")
+            if phase == 0 and args.require_base and _base_accuracy(niah, args.base_length) < args.require_base:
+                raise BaseStageFailed(f"NIAH at {args.base_length} after phase 0 is "
+                                      f"{_base_accuracy(niah, args.base_length):.2f} < --require-base "
+                                      f"{args.require_base}: not extending a model that cannot retrieve")
     finally:  # a failed process's seconds count too
         _add_call(args.run_dir, time.perf_counter() - began, done)
     return done
+
+
+class BaseStageFailed(RuntimeError):
+    """Phase 0 ended without learning to retrieve (--require-base)."""
+
+
+def _base_accuracy(niah: Path, length: int) -> float:
+    run = next(r for r in json.loads(niah.read_text())["runs"] if r["rope_dtype"] == "float32")
+    column = run["lengths"].index(length)
+    return sum(row[column] for row in run["accuracy"]) / len(run["accuracy"])
+
+
+def _training(run_dir: Path, phase: int) -> dict:
+    """Steps, tokens, seconds of steps and the probe's series of one phase (from metrics.jsonl)."""
+    phase_dir = run_dir / f"phase{phase}"
+    path = phase_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    config = json.loads((phase_dir / "config.json").read_text()) if (phase_dir / "config.json").exists() else {}
+    stopped = config.get("stopped_early")
+    return {"steps": len(records), "planned_steps": stopped["planned_steps"] if stopped else total_steps(phase_dir),
+            "tokens": round(sum(r["tokens_per_s"] * r["seconds"] for r in records)),
+            "step_seconds": round(sum(r["seconds"] for r in records), 1),
+            "stopped_early": stopped,
+            "probe": [[r["step"] + 1, r["probe_niah"]] for r in records if "probe_niah" in r]}
 
 
 def _add_call(run_dir: Path, seconds: float, done: list[str]) -> None:
@@ -122,7 +154,9 @@ def collect(args) -> dict:
         value = row["accuracy"][row["lengths"].index(length)] if row and length in row["lengths"] else None
         met = None if value is None else (low is None or value >= low) and (high is None or value <= high)
         targets.append({"target": what, "measured": value, "at_least": low, "at_most": high, "met": met})
+    training = {phase: _training(args.run_dir, phase) for phase in args.phases}
     return {"preset": args.preset, "base_length": args.base_length, "rows": rows, "targets": targets,
+            "training": {str(p): t for p, t in training.items() if t},
             "calls": calls, "seconds": sum(c["seconds"] for c in calls)}
 
 
@@ -141,6 +175,13 @@ def _markdown(result: dict) -> str:
         bound = f">= {t['at_least']}" if t["at_least"] is not None else f"<= {t['at_most']}"
         measured = "-" if t["measured"] is None else f"{t['measured']:.2f}"
         lines.append(f"| {t['target']} ({bound}) | {measured} | {'-' if t['met'] is None else t['met']} |")
+    if result.get("training"):
+        lines += ["", "| phase | steps run / planned | tokens | seconds of steps | NIAH probe while training (step: accuracy) |",
+                  "| ---: | ---: | ---: | ---: | --- |"]
+        for phase, t in result["training"].items():
+            probe = ", ".join(f"{step}: {value:.2f}" for step, value in t["probe"]) or "-"
+            lines.append(f"| {phase} | {t['steps']:,} / {t['planned_steps'] or 0:,} | {t['tokens'] / 1e6:.1f}M | "
+                         f"{t['step_seconds']:,.0f} | {probe} |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"this call: {', '.join(one_call(args)) or 'nothing left to do'}", flush=True)
         except subprocess.CalledProcessError as error:  # its own output, above, says why
             print(f"recipe_in_miniature: {' '.join(error.cmd[1:4])} ... exited {error.returncode}", file=sys.stderr)
+            return 1
+        except BaseStageFailed as error:
+            print(f"recipe_in_miniature: {error}", file=sys.stderr)
             return 1
     if args.report or all((args.run_dir / "niah" / f"phase{p}" / "niah.json").exists() for p in args.phases):
         report(args)

@@ -22,6 +22,7 @@ from reftrain.data._iterator import BatchIterator, load_corpora, make_batches, s
 from reftrain.data._mix import InterleavedBatches
 from reftrain.data._packing import Piece, StreamPacker, row_arrays
 from reftrain.data._qa import QABatchIterator, QASample, make_qa_batches, make_qa_sample
+from reftrain.data._recall import RecallBatchIterator, recall_document
 from reftrain.data._qa_pairs import KNOWN_QA_KINDS, QA_KINDS, QAPair, code_default_pairs, speaker_pairs
 from reftrain.data._spec import (
     DEFAULT_SPEC,
@@ -38,9 +39,9 @@ __all__ = [
     "BABI_TASKS", "BUILTIN_SOURCES", "BUILTIN_TOKENIZER", "BatchIterator", "Corpus", "DEFAULT_SPEC",
     "DataError", "DataSpec", "DomainSpec", "InterleavedBatches", "KNOWN_QA_KINDS", "PackingSpec", "Piece",
     "QABatchIterator", "QAPair",
-    "QASample", "QA_KINDS", "SeqStage", "Story", "StreamPacker", "Tokenizer", "babi_story",
+    "QASample", "QA_KINDS", "RecallBatchIterator", "SeqStage", "Story", "StreamPacker", "Tokenizer", "babi_story",
     "cache_dir", "code_default_pairs", "corpus_from_documents", "ensure_shakespeare", "ensure_tokenizer_model",
     "load_corpora", "load_spec", "load_tokenizer", "make_batches", "make_qa_batches",
-    "make_qa_sample", "row_arrays", "seq_len_schedule", "speaker_pairs", "spec_from_dict",
+    "make_qa_sample", "recall_document", "row_arrays", "seq_len_schedule", "speaker_pairs", "spec_from_dict",
     "tokenized_source",
 ]

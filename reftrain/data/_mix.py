@@ -1,5 +1,5 @@
 """Batches of one stream with a fraction of them taken from another (the `small` preset's base
-stage: corpus rows with synthetic retrieval QA mixed in, `reftrain.phases.Phase.qa_fraction`)."""
+stage: corpus rows with dense retrieval documents mixed in, `reftrain.phases.Phase.recall_fraction`)."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from reftrain.platform_choice import cpu_unless_a_gpu_is_here, import_jax_quietl
 EPILOG = """examples:
   python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 256,512 --depths 0,50,100 --trials 2 --out niah
   python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 1024 --compare-rope-dtypes --out niah-bf16
+  python -m reftrain.eval niah --checkpoint runs/tiny/phase1 --lengths 512 --kind multikey --out niah-multikey
   python -m reftrain.eval niah --checkpoint ./Mistral-7B-Instruct-v0.2 --lengths 32768 --sp 8 --out niah-7b
 """
 
@@ -48,15 +49,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="needle depths in percent, 0 = start, 100 = end (default 0,25,50,75,100)")
     p.add_argument("--trials", type=int, default=4, help="prompts per cell, different cities and numbers (4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--haystack", default="builtin:books",
-                   help="filler text: builtin:books (Gutenberg Shakespeare, Milton) or a UTF-8 text file")
+    p.add_argument("--haystack", default="held-out:docutils-docs",
+                   help="filler text: held-out:docutils-docs (read by no training stream; the default), "
+                        "builtin:books (Gutenberg Shakespeare, Milton: the training corpus's) or a UTF-8 text file")
+    p.add_argument("--kind", default="niah", choices=("niah", "multikey", "multivalue", "multiquery"),
+                   help="the needle: one (niah), or a RULER variant (docs/niah.md)")
     p.add_argument("--tokenizer", help="SentencePiece .model (default: the HF directory's, else Mistral's)")
     dtypes = p.add_mutually_exclusive_group()
     dtypes.add_argument("--rope-dtype", choices=("float32", "bfloat16"),
                         help="override the checkpoint's RoPE dtype (bfloat16 = the paper's failure)")
     dtypes.add_argument("--compare-rope-dtypes", action="store_true",
                         help="evaluate with float32 and with bfloat16 RoPE, side by side")
-    p.add_argument("--max-new-tokens", type=int, default=10, help="greedy decoding steps (10)")
+    p.add_argument("--max-new-tokens", type=int, help="greedy decoding steps (10; 40 for multivalue, multiquery)")
     p.add_argument("--sp", type=int, default=1, help="split the sequence over N devices (ring attention)")
     p.add_argument("--step", type=int, help="checkpoint step of a phase directory (default: the latest)")
     p.add_argument("--out", type=Path, help="write niah.json and niah.html into this folder")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from reftrain.eval._haystack import BOOKS, NIAHError
+from reftrain.eval._haystack import BOOKS, HELD_OUT, NIAHError
 from reftrain.files import is_hf_checkpoint_dir, is_phase_dir
 
 
@@ -47,8 +47,8 @@ def _tokenizer(args: argparse.Namespace, kind: str):
 def _haystack(args: argparse.Namespace, tokenizer):
     from reftrain.eval._haystack import load_haystack
 
-    if args.haystack == BOOKS:
-        return load_haystack(tokenizer)
+    if args.haystack in (BOOKS, HELD_OUT):
+        return load_haystack(tokenizer, label=args.haystack)
     path = Path(args.haystack)
     try:
         text = path.read_text(encoding="utf-8")
@@ -93,6 +93,10 @@ def _run(args: argparse.Namespace) -> int:
     from reftrain.eval._report import SCHEMA, print_tables, write_outputs
     from reftrain.eval.niah import build_cells, run_niah
 
+    from reftrain.eval._ruler import MAX_NEW_TOKENS
+
+    if args.max_new_tokens is None:
+        args.max_new_tokens = MAX_NEW_TOKENS[args.kind]
     for name in ("trials", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -101,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     kind = checkpoint_kind(args.checkpoint)
     tokenizer = _tokenizer(args, kind)
     haystack = _haystack(args, tokenizer)
-    grid = dict(lengths=args.lengths, depths=args.depths, trials=args.trials, seed=args.seed)
+    grid = dict(lengths=args.lengths, depths=args.depths, trials=args.trials, seed=args.seed, kind=args.kind)
     build_cells(tokenizer, haystack=haystack, **grid)  # every length and depth checked before loading
 
     from reftrain.sharding import make_mesh

@@ -5,6 +5,12 @@ collapsed to single spaces (the plays' line breaks would otherwise cost a token 
 sentence is encoded on its own, so SentencePiece's leading `▁` makes the concatenated tokens
 read "sentence. sentence." and every sentence start is a token boundary. Only as many
 sentences as the longest context needs are encoded; a short text is repeated to fill.
+
+The default haystack is HELD_OUT, text that no training stream reads: the prose of docutils
+0.21.2's documentation (`docs/**/*.txt` of its sdist, reStructuredText with its heading
+underlines dropped; about 380K tokens). Until issue 30 it was the built-in books, which the
+small preset's base stage memorised, and its needle prompts were answered by reciting them;
+`--haystack builtin:books` still gives them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import numpy as np
 from reftrain.data import DataError, Tokenizer
 
 BOOKS = "builtin:books"
+HELD_OUT = "held-out:docutils-docs"
+# The cheat sheet restates the quick reference that builtin:web holds; the headers are templates.
+_HELD_OUT_SKIP = ("docs/user/rst/cheatsheet.txt", "docs/header.txt", "docs/header0.txt", "docs/header2.txt")
+_UNDERLINE = re.compile(r"^\s*([=\-~^\"'`#*+:.])\1{3,}\s*$", re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _LONG_NUMBER = re.compile(r"\d{7,}")
 _ENCODE_BATCH = 2048  # sentences per encode call
@@ -35,6 +45,18 @@ def books_text() -> str:
         raise NIAHError(f"cannot load the built-in books: {error}") from None
     docs.sort(key=lambda doc: (not doc[0].startswith("shkspr/"), doc[0]))
     return "\n\n".join(text for _, text in docs)
+
+
+def held_out_text() -> str:
+    """Returns HELD_OUT: docutils' documentation prose, files in path order, underlines dropped."""
+    from reftrain.data._fetch import DOCUTILS, archive_files
+
+    try:
+        root, names = archive_files(DOCUTILS, ("docs/*.txt",))
+    except DataError as error:
+        raise NIAHError(f"cannot load the held-out haystack: {error}") from None
+    texts = [(root / n).read_bytes().decode("utf-8", errors="replace") for n in names if n not in _HELD_OUT_SKIP]
+    return "\n\n".join(_UNDERLINE.sub("", text) for text in texts)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -103,7 +125,10 @@ class Haystack:
 
 
 def load_haystack(tokenizer: Tokenizer, text: str | None = None, label: str | None = None) -> Haystack:
-    """Returns a Haystack of `text`, or of the built-in books when `text` is None."""
+    """Returns a Haystack of `text`; with `text` None, of HELD_OUT (or of the built-in books when
+    `label` is BOOKS)."""
     if text is None:
-        return Haystack(tokenizer, books_text(), BOOKS)
+        if label == BOOKS:
+            return Haystack(tokenizer, books_text(), BOOKS)
+        return Haystack(tokenizer, held_out_text(), HELD_OUT)
     return Haystack(tokenizer, text, label or "text")

@@ -50,6 +50,8 @@ class NeedleSample:
     needle_offset: int
     haystack_len: int
     boundaries: np.ndarray
+    kind: str = "niah"  # or a RULER variant (_ruler.py): more needles, and `answers` asked for
+    answers: tuple[str, ...] = ()
 
     @property
     def placed_depth(self) -> float:
@@ -57,8 +59,17 @@ class NeedleSample:
 
     def metadata(self) -> dict:
         """Returns the JSON-serialisable record of the sample (everything but the arrays)."""
-        return {"city": self.city, "number": self.number, "needle_span": list(self.needle_span),
-                "placed_depth": round(self.placed_depth, 3)}
+        record = {"city": self.city, "number": self.number, "needle_span": list(self.needle_span),
+                  "placed_depth": round(self.placed_depth, 3)}
+        return record if self.kind == "niah" else record | {"kind": self.kind, "answers": list(self.answers)}
+
+    def score(self, prediction: str) -> float:
+        """1.0 when `prediction` answers (is_correct); for a RULER variant the fraction it gets."""
+        if self.kind == "niah":
+            return float(is_correct(prediction, self.number))
+        from reftrain.eval._ruler import score
+
+        return score(self.kind, prediction, self.answers)
 
 
 def check_depth(depth: float) -> None:

@@ -48,8 +48,8 @@ class PhaseFeed:
         self._stage = -1
         self._attended = 0.0
         self._iterator = None
-        self._tokenizer = data.load_tokenizer(spec.tokenizer)
-        self._corpora = None if phase.data == "sft" else data.load_corpora(spec, self._tokenizer)
+        self.tokenizer = data.load_tokenizer(spec.tokenizer)
+        self._corpora = None if phase.data == "sft" else data.load_corpora(spec, self.tokenizer)
 
     def __len__(self) -> int:
         return len(self.stage_of_step)
@@ -60,12 +60,14 @@ class PhaseFeed:
         seed = self.seed * 1000 + self.phase.number * 10 + stage
         common = dict(batch_size=s.batch_size, seq_len=s.seq_len, seed=seed, host_index=host_index, host_count=host_count)
         if self.phase.data == "sft":
-            self._iterator = data.make_qa_batches(tokenizer=self._tokenizer, **common)
+            self._iterator = data.make_qa_batches(tokenizer=self.tokenizer, **common)
         else:
             self._iterator = data.make_batches(self.spec, corpora=self._corpora, **common)
-            if self.phase.qa_fraction:
-                qa = data.make_qa_batches(tokenizer=self._tokenizer, kinds=data.KNOWN_QA_KINDS, **common)  # passkeys too
-                self._iterator = data.InterleavedBatches(self._iterator, qa, self.phase.qa_fraction, seed)
+            if self.phase.recall_fraction:
+                # The curriculum spans the first recall_warmup of the rows this stage draws from the stream.
+                warmup = round(self.phase.recall_warmup * s.sequences * self.phase.recall_fraction)
+                recall = data.RecallBatchIterator(self.tokenizer, self._corpora, warmup_rows=warmup, **common)
+                self._iterator = data.InterleavedBatches(self._iterator, recall, self.phase.recall_fraction, seed)
         self._stage = stage
 
     def seq_len(self, step: int) -> int:

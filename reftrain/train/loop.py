@@ -35,6 +35,42 @@ from reftrain.train.state import abstract_state, init_state
 from reftrain.train.step import make_train_step
 
 
+class _Probe:
+    """The phase's NIAH probe (reftrain.eval.probe) at each stage length, prompts built once per
+    length, and the stop rule: `probe_stop` reached by two probes in a row."""
+
+    def __init__(self, run: PhaseRun, tokenizer):
+        self.run, self.tokenizer = run, tokenizer
+        self.probes: dict[int, Any] = {}
+        self.history: list[float] = []
+
+    def due(self, done: int, end: int) -> bool:
+        every = self.run.phase.probe_every
+        return every > 0 and (done % every == 0 or done == end)
+
+    def __call__(self, params, seq_len: int) -> float:
+        from reftrain.eval.probe import NeedleProbe
+
+        if seq_len not in self.probes:
+            self.probes[seq_len] = NeedleProbe(self.tokenizer, length=seq_len, trials=self.run.phase.probe_trials,
+                                               seed=self.run.seed)
+        accuracy = self.probes[seq_len](self.run.config, params, self.run.mesh)
+        self.history.append(accuracy)
+        return accuracy
+
+    def learned(self) -> bool:
+        stop = self.run.phase.probe_stop
+        return stop > 0 and len(self.history) >= 2 and min(self.history[-2:]) >= stop
+
+
+def stopped_early(phase_dir: Path) -> dict | None:
+    """The `stopped_early` record of a phase that its probe ended (config.json), else None."""
+    try:
+        return json.loads((Path(phase_dir) / "config.json").read_text()).get("stopped_early")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, nothing to start from); one line for the user."""
 
@@ -182,6 +218,13 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
     except BaseException:
         _remove(created)
         raise
+    stopped = stopped_early(run.phase_dir) if start_info.kind == "resume" else None
+    if stopped is not None and start >= stopped["step"]:
+        checkpoints.close()
+        print(f"phase {run.phase.number}: finished at step {start} when its probe reached "
+              f"{stopped['probe_niah']:.2f} (config.json stopped_early); nothing to do", file=sys.stderr, flush=True)
+        return {"phase": run.phase.number, "steps": start, "total_steps": start, "first_loss": None, "last_loss": None,
+                "checkpoint": str(checkpoints.directory / str(start))}
     if jax.process_index() == 0:
         print(f"phase {run.phase.number}: {start_info.line}", file=sys.stderr, flush=True)
     started_from = {"resume": f"resumed at step {start_info.step}", "random": "random initialisation"}.get(
@@ -194,17 +237,24 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
     step_fn = _Steps(run, make_train_step(run.config, optimizer, schedule, run.mesh), checkpoints)
     end = total if run.max_steps is None else min(total, start + run.max_steps)
     try:
-        losses, end = _train_steps(run, state, feed, step_fn, checkpoints, log, start, end, total)
+        losses, end, learned = _train_steps(run, state, feed, step_fn, checkpoints, log, start, end, total)
     except BaseException:
         if created and checkpoints.latest_step() is None:  # nothing to resume from: leave nothing
             checkpoints.close()
             _remove(created)
         raise
     checkpoints.close()
+    if learned is not None:
+        # The phase is finished here: the next phase chains this checkpoint, a resume does nothing.
+        config = json.loads((run.phase_dir / "config.json").read_text())
+        _write_json_atomic(run.phase_dir / "config.json", config | {"total_steps": end, "stopped_early": learned})
+        if jax.process_index() == 0:
+            print(f"phase {run.phase.number}: stopped at step {end} of {total}: the NIAH probe reached "
+                  f"{learned['probe_niah']:.2f} >= {learned['probe_stop']} twice in a row", file=sys.stderr, flush=True)
     return {
         "phase": run.phase.number,
         "steps": end,
-        "total_steps": total,
+        "total_steps": end if learned is not None else total,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "checkpoint": str(checkpoints.directory / str(end)) if run.save_every else None,
@@ -230,14 +280,17 @@ def _record(run: PhaseRun, step: int, m: dict, seq_len: int, tokens_per_s: float
 
 
 def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Checkpoints, log, start: int,
-                 end: int, total: int) -> tuple[list[float], int]:
-    """Runs steps [start, end), or fewer when `max_seconds` runs out: logs each, checkpoints
-    every `save_every` and at the last step run. Returns the losses and the step it ended at."""
+                 end: int, total: int) -> tuple[list[float], int, dict | None]:
+    """Runs steps [start, end), or fewer when `max_seconds` runs out or the probe says the phase
+    has learned: logs each, probes every `probe_every`, checkpoints every `save_every` and at the
+    last step run. Returns the losses, the step it ended at and the probe's stop record (or None)."""
     peak = metrics_lib.peak_flops(run.mesh.devices.flat[0], run.peak_tflops)
     local_devices = [d for d in run.mesh.devices.flat if d.process_index == jax.process_index()]
     predicted = run.plan.predicted.get("xla_total")
     warned = False
     board = TensorBoardLog(run.tensorboard) if run.tensorboard and jax.process_index() == 0 else None
+    probe = _Probe(run, feed.tokenizer)
+    learned = None
     losses, done, clock = [], start, time.perf_counter()
     columns = (TextColumn(f"phase {run.phase.number}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     try:
@@ -252,6 +305,8 @@ def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Ch
                 tokens_per_s = float(np.prod(batch["tokens"].shape)) / seconds
                 record = _record(run, step, m, seq_len, tokens_per_s, feed.attended_length(), seconds, peak, local_devices)
                 record["xla_total"] = step_fn.xla_total
+                if probe.due(step + 1, end):
+                    record["probe_niah"] = probe(state["params"], seq_len)
                 if not bool(m["finite"]):
                     checkpoints.close()
                     good = checkpoints.latest_step()
@@ -271,11 +326,14 @@ def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Ch
                 progress.update(task, advance=1, info=f"loss {record['loss']:.3f}  {tokens_per_s:,.0f} tok/s  len {seq_len}")
                 done = step + 1
                 out_of_time = run.max_seconds is not None and time.perf_counter() - clock >= run.max_seconds
-                if run.save_every and (done % run.save_every == 0 or done == end or out_of_time):
+                if "probe_niah" in record and probe.learned():
+                    learned = {"step": done, "probe_niah": record["probe_niah"], "probe_stop": run.phase.probe_stop,
+                               "planned_steps": total}
+                if run.save_every and (done % run.save_every == 0 or done == end or out_of_time or learned):
                     checkpoints.save(done, state, {"data": feed.state(), "seed": run.seed, "phase": run.phase.number})
-                if out_of_time:
+                if out_of_time or learned:
                     break
     finally:
         if board is not None:
             board.close()
-    return losses, done
+    return losses, done, learned

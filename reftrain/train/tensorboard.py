@@ -18,6 +18,7 @@ SCALARS = {
     "tokens_per_s": "perf/tokens_per_s",
     "mfu": "perf/mfu",
     "peak_bytes": "memory/peak_bytes",
+    "probe_niah": "eval/probe_niah",
 }
 
 INSTALL_HINT = "--tensorboard needs tensorboardX: pip install 'hloscope-reftrain[tensorboard]'"

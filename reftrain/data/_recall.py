@@ -1,0 +1,283 @@
+"""Dense in-context retrieval for a base stage: rows packed with documents full of key-value facts
+and questions about them, the loss on every answer (issue 30).
+
+A model trained from scratch on the corpora with one retrieval question per 2,048-token row
+never learned to read its context (issue 20's and 30's base-stage runs: NIAH 0.00): the corpora
+are memorised within a few epochs, and reciting them was cheaper than reading. A recall
+document asks for the skill many times over and cannot be recited:
+
+    [bos] filler .. FACT .. filler .. FACT .. FACT .. filler ..
+    QUERY Answer: PREFIX VALUE.   QUERY Answer: PREFIX VALUE.   ..   [eos]
+
+- The filler is pieces of 8-48 tokens cut from random places of the run's own corpora, so that
+  after any point the text cannot be recited beyond a few tokens.
+- A FACT binds a made-up key to a random value ("The access code of Pexhul is 4109521.") in one
+  of several templates; the document's other facts in the same template are the look-alikes
+  retrieval must skip (RULER's multi-key setting). Keys are never the eval's needles' cities,
+  and no template is the eval's ("The special magic ... number is"), so NIAH measures the skill
+  in words the model has not been trained on.
+- A QUERY asks for one key (its answer restates the fact's beginning, PREFIX, and the loss
+  falls on VALUE and the closing period), for every value of a key that has several (RULER's
+  multi-value), or for several keys at once (multi-query).
+- Some documents repeat a span of their filler at the end (loss on the repeat after its first
+  4 tokens): plain copying, the induction that retrieval is built on.
+
+Curriculum: `difficulty` in [0, 1] grows with the row index over `warmup_rows`. At 0 the
+documents are short (one sixteenth of a row) with 1-2 facts; at 1 they reach the whole row,
+and a fifth of the rows are a single document of the row's length (the length a NIAH probe at
+the stage's length asks about). Row i is a pure function of (seed, i): the stream's resume state
+is its row count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from reftrain.data._cache import DataError
+from reftrain.data._corpus import Corpus
+from reftrain.data._tokenizer import Tokenizer
+
+RECALL_STATE_FORMAT = "reftrain.data/recall-v1"
+MAX_DOCUMENTS = 16  # per row: the small preset's cuDNN packed path has 16 document slots
+
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fi", "gan", "hul", "jo", "nir", "pex",
+              "sal", "tor", "ux", "wen", "yas", "qi", "mar", "osk", "ply", "dra", "ven", "cu", "ith")
+_COLOURS = ("red", "blue", "green", "amber", "violet", "grey", "golden", "silver", "black", "white", "crimson",
+            "teal", "ochre", "pale", "dark")
+_THINGS = ("heron", "lantern", "river", "falcon", "orchard", "engine", "harbour", "compass", "meadow", "tower",
+           "violin", "glacier", "beetle", "canyon", "ledger", "anchor", "pepper", "marble", "thistle", "cabinet")
+_NOUNS = ("code", "number", "key", "token", "value", "pin", "id", "password", "serial", "label")
+_WORDS = ("apple", "birch", "cobalt", "delta", "ember", "fjord", "granite", "hazel", "indigo", "juniper", "kelp",
+          "lotus", "maple", "nectar", "onyx", "quartz", "russet", "saffron", "tundra", "umber", "willow", "zephyr")
+
+# (fact, question, answer prefix); {k} key, {n} noun, {v} value. Each piece is encoded on its own, as
+# the eval's needle is, so a value after its prefix starts with a lone "▁" as it does there.
+TEMPLATES = (
+    ("The access {n} of {k} is {v}.", "What is the access {n} of {k}?", "The access {n} of {k} is"),
+    ("{k}'s locker {n} is {v}.", "What is {k}'s locker {n}?", "{k}'s locker {n} is"),
+    ("The secret {n} for {k} is: {v}.", "What is the secret {n} for {k}?", "The secret {n} for {k} is:"),
+    ("Remember that the {n} of {k} is {v}.", "What is the {n} of {k}?", "The {n} of {k} is"),
+    ("Note: {k} has the {n} {v}.", "Which {n} does {k} have?", "{k} has the {n}"),
+    ("{k} -> {v}", "Look up {k}.", "{k} ->"),
+    ("The hidden {n} stored under {k} reads {v}.", "What does the hidden {n} stored under {k} read?",
+     "The hidden {n} stored under {k} reads"),
+    ("[{k}] {n} = {v}", "What is the {n} of [{k}]?", "[{k}] {n} ="),
+)
+
+
+def _key(rng: np.random.Generator) -> str:
+    kind = rng.integers(3)
+    if kind == 0:
+        return "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
+    if kind == 1:
+        return f"the {rng.choice(_COLOURS)} {rng.choice(_THINGS)}"
+    return f"{rng.choice(_THINGS)}-{int(rng.integers(10, 1000))}"
+
+
+def _value(rng: np.random.Generator) -> str:
+    kind = rng.random()
+    if kind < 0.7:  # digits, as the eval's needles (Mistral's tokenizer splits them one per token)
+        return str(int(rng.integers(10 ** int(rng.integers(3, 8)), 10 ** 9)))
+    if kind < 0.85:
+        return "".join(rng.choice(list("0123456789abcdef"), size=int(rng.integers(4, 9))))
+    return f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}"
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+@dataclass
+class _Parts:
+    """A document in the making: token pieces with per-piece loss flags."""
+
+    ids: list[np.ndarray]
+    loss: list[np.ndarray]
+
+    def add(self, ids: np.ndarray, loss_from: int | None = None) -> None:
+        """Appends `ids`; targets of ids[loss_from:] carry loss (None: none of them)."""
+        mask = np.zeros(len(ids), np.float32)
+        if loss_from is not None:
+            mask[loss_from:] = 1.0
+        self.ids.append(np.asarray(ids, np.int32))
+        self.loss.append(mask)
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.ids)
+
+
+class Filler:
+    """Token pieces from random places of the corpora (bos and eos removed)."""
+
+    def __init__(self, corpora: Sequence[Corpus], tokenizer: Tokenizer):
+        pools = []
+        for corpus in corpora:
+            tokens = np.asarray(corpus.tokens)
+            pools.append(tokens[~np.isin(tokens, (tokenizer.bos_id, tokenizer.eos_id))])
+        self.tokens = np.concatenate(pools).astype(np.int32)
+        if len(self.tokens) < 64:
+            raise DataError("the corpora hold too few tokens for recall filler")
+
+    def take(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        out, used = [], 0
+        while used < n:
+            size = min(n - used, int(rng.integers(8, 49)))
+            start = int(rng.integers(len(self.tokens) - size))
+            out.append(self.tokens[start : start + size])
+            used += size
+        return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+
+def recall_document(tokenizer: Tokenizer, filler: Filler, length: int, rng: np.random.Generator,
+                    difficulty: float) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (tokens int32 `[length]`, loss_mask float32 `[length]`) of one document; loss_mask[t]
+    is 1 when tokens[t + 1] is an answer token. Raises DataError when `length` < 64."""
+    if length < 64:
+        raise DataError(f"a recall document needs at least 64 tokens, got {length}")
+    enc = tokenizer.encode
+    fact_t, question_t, prefix_t = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    noun = str(rng.choice(_NOUNS))
+    room = length - 2  # bos and eos
+    most = max(1, min(24, int(room * (0.3 + 0.4 * difficulty)) // 40))  # a fact and its query: about 40 tokens
+    n_keys = int(rng.integers(1, most + 1))
+    keys = list(dict.fromkeys(_key(rng) for _ in range(n_keys)))
+    facts: list[tuple[str, str]] = []  # (key, value)
+    multi_value = len(keys) > 1 and rng.random() < 0.15
+    for i, key in enumerate(keys):
+        for _ in range(int(rng.integers(2, 4)) if multi_value and i == 0 else 1):
+            facts.append((key, _value(rng)))
+    order = rng.permutation(len(facts))
+    fact_ids = [enc(fact_t.format(k=facts[i][0], n=noun, v=facts[i][1])) for i in order]
+
+    queries: list[tuple[np.ndarray, np.ndarray]] = []  # (prompt ids, answer ids with loss)
+    values_of = {key: [v for k, v in facts if k == key] for key in keys}
+    asked = [keys[int(i)] for i in rng.permutation(len(keys))]
+    if multi_value:
+        key = keys[0]
+        q = f"What are all the {noun}s of {key}? Answer: The {noun}s of {key} are:"
+        queries.append((enc(q), enc(", ".join(values_of[key]) + ".")))
+        asked = [k for k in asked if k != key]
+    if len(asked) >= 3 and rng.random() < 0.2:  # several keys in one query
+        group, asked = asked[:3], asked[3:]
+        q = f"What are the {noun}s of {_join(group)}? Answer: The {noun}s of {_join(group)} are:"
+        queries.append((enc(q), enc(", ".join(values_of[k][0] for k in group) + ".")))
+    for key in asked:
+        prompt = f"{question_t.format(k=key, n=noun)} Answer: {prefix_t.format(k=key, n=noun)}"
+        queries.append((enc(prompt), enc(values_of[key][0] + ".")))
+    rng.shuffle(queries)
+
+    budget = room - sum(len(f) for f in fact_ids)
+    kept = []
+    for prompt, answer in queries:
+        if len(prompt) + len(answer) + 8 <= budget - 16:  # leave some filler
+            kept.append((prompt, answer))
+            budget -= len(prompt) + len(answer)
+    if not kept:  # too short for any question: a copying document instead
+        budget += sum(len(f) for f in fact_ids)
+        fact_ids = []
+    repeat = None
+    if (not kept or rng.random() < 0.25) and budget - 8 >= 24:
+        repeat = int(rng.integers(12, min(64, (budget - 8) // 2) + 1))
+        budget -= repeat
+    filler_ids = filler.take(budget, rng)
+    # Facts at random places of the filler (in the filler's order, never in the queries).
+    cuts = np.sort(rng.integers(0, len(filler_ids) + 1, size=len(fact_ids)))
+    doc = _Parts([], [])
+    doc.add(np.array([tokenizer.bos_id], np.int32))
+    previous = 0
+    for cut, ids in zip(cuts, fact_ids):
+        doc.add(filler_ids[previous:cut])
+        doc.add(ids)
+        previous = cut
+    doc.add(filler_ids[previous:])
+    for prompt, answer in kept:
+        doc.add(prompt)
+        doc.add(answer, loss_from=0)
+    if repeat is not None:
+        start = int(rng.integers(0, max(1, len(filler_ids) - repeat)))
+        doc.add(filler_ids[start : start + repeat], loss_from=4)
+    doc.add(np.array([tokenizer.eos_id], np.int32))
+    tokens = np.concatenate(doc.ids)
+    answer = np.concatenate(doc.loss)  # 1 on tokens that are answers
+    assert len(tokens) == length, (len(tokens), length)
+    loss_mask = np.zeros(length, np.float32)
+    loss_mask[:-1] = answer[1:]  # the target of position t is token t + 1
+    return tokens, loss_mask
+
+
+def document_lengths(seq_len: int, rng: np.random.Generator, difficulty: float,
+                     max_documents: int = MAX_DOCUMENTS) -> list[int]:
+    """Returns the lengths of the documents of one row (they sum to seq_len; at most
+    `max_documents`, each at least seq_len / max_documents and 64)."""
+    shortest = max(64, -(-seq_len // max_documents))
+    if shortest >= seq_len or rng.random() < 0.2 * difficulty:
+        return [seq_len]
+    longest = max(shortest, int(shortest + difficulty * (seq_len - shortest)))
+    lengths, left = [], seq_len
+    while left:
+        n = int(rng.integers(shortest, longest + 1))
+        if left - n < shortest:
+            n = left
+        lengths.append(n)
+        left -= n
+    return lengths
+
+
+class RecallBatchIterator(Iterator[dict[str, np.ndarray]]):
+    """Yields this host's rows of each global batch of recall documents: dicts of
+    `[batch_size / host_count, seq_len]` arrays, packed as documents (segment ids from 1,
+    positions restarting per document), like the pre-training batches."""
+
+    def __init__(self, tokenizer: Tokenizer, corpora: Sequence[Corpus], *, batch_size: int, seq_len: int,
+                 seed: int = 0, host_index: int = 0, host_count: int = 1, warmup_rows: int = 0):
+        if batch_size <= 0 or host_count <= 0 or batch_size % host_count:
+            raise DataError(f"batch_size {batch_size} must be a positive multiple of host_count {host_count}")
+        if not 0 <= host_index < host_count:
+            raise DataError(f"host_index {host_index} must be in [0, {host_count})")
+        if seq_len < 64:
+            raise DataError(f"recall rows need seq_len >= 64, got {seq_len}")
+        self.tokenizer, self.filler = tokenizer, Filler(corpora, tokenizer)
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.host_index, self.host_count, self.warmup_rows = host_index, host_count, warmup_rows
+        self.step = 0
+
+    def get_state(self) -> dict:
+        return {"format": RECALL_STATE_FORMAT, "seed": self.seed, "batch_size": self.batch_size,
+                "seq_len": self.seq_len, "warmup_rows": self.warmup_rows, "step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        for key, value in self.get_state().items():
+            if key != "step" and state.get(key) != value:
+                raise DataError(f"recall iterator state has {key}={state.get(key)!r}, this iterator {value!r}")
+        self.step = int(state["step"])
+
+    def difficulty(self, row: int) -> float:
+        return 1.0 if self.warmup_rows <= 0 else min(1.0, row / self.warmup_rows)
+
+    def row(self, index: int) -> dict[str, np.ndarray]:
+        """Returns row `index` of the run (a pure function of seed and index)."""
+        rng = np.random.default_rng([self.seed, index, 0x7EC])
+        difficulty = self.difficulty(index)
+        n = self.seq_len
+        out = {k: np.zeros(n, np.int32) for k in ("tokens", "targets", "segment_ids", "positions")}
+        out["loss_mask"] = np.zeros(n, np.float32)
+        p = 0
+        for k, length in enumerate(document_lengths(n, rng, difficulty), 1):
+            tokens, loss_mask = recall_document(self.tokenizer, self.filler, length, rng, difficulty)
+            out["tokens"][p : p + length] = tokens
+            out["targets"][p : p + length - 1] = tokens[1:]
+            out["segment_ids"][p : p + length] = k
+            out["positions"][p : p + length] = np.arange(length)
+            out["loss_mask"][p : p + length] = loss_mask
+            p += length
+        return out
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        per_host = self.batch_size // self.host_count
+        first = self.step * self.batch_size + self.host_index * per_host
+        rows = [self.row(first + r) for r in range(per_host)]
+        self.step += 1
+        return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
