@@ -1,7 +1,8 @@
-"""A NIAH probe cheap enough to run while training: one forward pass, answers teacher-forced.
+"""Probes cheap enough to run while training: one forward pass, answers teacher-forced.
 
     probe = NeedleProbe(tokenizer, length=2048, trials=16)   # prompts built once, held-out haystack
     accuracy = probe(config, params, mesh)                   # fraction of needles retrieved
+    answer_accuracy(config, params, batch)                   # answers of a batch's rows got exactly
 
 Each trial is a NIAH prompt (`_needle.build_sample`, depths spread evenly over 0-100%) followed
 by its answer's tokens, `length` tokens in all, so the program has the stage's own row length.
@@ -36,12 +37,10 @@ def _digit_continuations(tokenizer: Tokenizer) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _scorer(config: ModelConfig, mesh: Mesh | None):
-    """jit(params, tokens `[T, L]`, first, count) -> argmax `[T, A]` at the answer positions."""
+    """jit(params, tokens, positions, segment_ids `[T, L]`, where `[T, A]`) -> argmax `[T, A]` of
+    the next-token logits at the positions `where`."""
 
-    def argmax_at(params, tokens, where):
-        batch, length = tokens.shape
-        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        segment_ids = jnp.ones((batch, length), jnp.int32)
+    def argmax_at(params, tokens, positions, segment_ids, where):
         hidden = hidden_states(config, params, tokens, positions=positions, segment_ids=segment_ids, mesh=mesh)
         picked = jnp.take_along_axis(hidden, where[:, :, None], axis=1)  # [T, A, D]
         kernel = lm_head_kernel(config, params)
@@ -78,10 +77,48 @@ class NeedleProbe:
 
     def __call__(self, config: ModelConfig, params, mesh: Mesh | None = None) -> float:
         """Returns the fraction of trials whose answer greedy decoding would give."""
-        predicted = np.asarray(jax.device_get(_scorer(config, mesh)(params, jnp.asarray(self.tokens),
-                                                                    jnp.asarray(self.where))))
+        trials, length = self.tokens.shape
+        positions = np.broadcast_to(np.arange(length, dtype=np.int32), (trials, length))
+        predicted = _argmax_at(config, params, mesh, self.tokens, positions, np.ones_like(self.tokens), self.where)
         correct = 0
         for row, answer in zip(predicted, self.answers):
             n = len(answer)
             correct += bool(np.array_equal(row[:n], answer) and not self.continues[row[n]])
         return correct / self.trials
+
+
+def _argmax_at(config, params, mesh, tokens, positions, segment_ids, where) -> np.ndarray:
+    arrays = (jnp.asarray(a, jnp.int32) for a in (tokens, positions, segment_ids, where))
+    return np.asarray(jax.device_get(_scorer(config, mesh)(params, *arrays)))
+
+
+def answer_spans(loss_mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """(row, start, stop) of every maximal run of loss-bearing positions of `[B, L]` loss_mask:
+    in a recall row (reftrain.data's recall documents) each run is one answer."""
+    spans = []
+    for row, mask in enumerate(np.asarray(loss_mask) > 0):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+        spans += [(row, int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+    return spans
+
+
+def answer_accuracy(config: ModelConfig, params, batch: dict, mesh: Mesh | None = None) -> float:
+    """Returns the fraction of a batch's answers (runs of loss_mask) whose every target token is the
+    argmax: what the model retrieves from context on rows whose answers only the context holds."""
+    mask = np.asarray(batch["loss_mask"]) > 0
+    spans = answer_spans(mask)
+    if not spans:
+        raise ValueError("the batch has no loss-bearing positions")
+    # Row r's loss-bearing positions in order, padded with its last one: predicted[r, k] is the
+    # argmax at where[r, k], so each answer is a run of consecutive entries.
+    where = np.zeros((len(mask), max(1, int(mask.sum(axis=1).max()))), np.int32)
+    for row, positions in enumerate(np.flatnonzero(m) for m in mask):
+        if len(positions):
+            where[row] = np.pad(positions, (0, where.shape[1] - len(positions)), mode="edge")
+    predicted = _argmax_at(config, params, mesh, batch["tokens"], batch["positions"], batch["segment_ids"], where)
+    targets = np.asarray(batch["targets"])
+    correct = 0
+    for row, a, b in spans:
+        first = int(mask[row, :a].sum())
+        correct += bool(np.array_equal(predicted[row, first : first + b - a], targets[row, a:b]))
+    return correct / len(spans)
