@@ -46,7 +46,7 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def books(tokenizer):
+def books(tokenizer):  # the held-out haystack, the default
     return load_haystack(tokenizer)
 
 
@@ -322,3 +322,53 @@ def test_without_plotly_the_json_is_still_written(tmp_path, monkeypatch):
     json_path, html_path = write_outputs(tmp_path, {"runs": [result]}, [result])
     assert html_path is None and not (tmp_path / "niah.html").exists()
     assert json.loads(json_path.read_text())["runs"][0]["accuracy"] == [[1.0]]
+
+
+@pytest.mark.parametrize("kind", ["multikey", "multivalue", "multiquery"])
+def test_ruler_variants_hold_every_needle_once_and_ask_the_kinds_question(tokenizer, books, kind):
+    from reftrain.eval._ruler import NEEDLES
+
+    cells = build_cells(tokenizer, lengths=[700], depths=[0, 60], trials=3, haystack=books, kind=kind)
+    for cell in cells:
+        for sample in cell.samples:
+            text = tokenizer.decode(sample.tokens)
+            assert len(sample.tokens) == 700 and sample.kind == kind
+            numbers = re.findall(r"number is: (\d{7})\.", text)
+            assert len(numbers) == NEEDLES[kind] == len(set(numbers))
+            assert all(text.count(n) == 1 for n in numbers)
+            assert set(sample.answers) <= set(numbers) and sample.number == sample.answers[0]
+            assert text.endswith({"multikey": "number is:", "multivalue": "numbers are:", "multiquery": " are:"}[kind])
+            if kind == "multikey":  # the asked city's needle is the one at the depth
+                assert text.endswith(f"The special magic {sample.city} number is:")
+                assert tokenizer.decode(sample.tokens[slice(*sample.needle_span)]).count(sample.number) == 1
+
+
+@pytest.mark.parametrize("kind, prediction, expected", [
+    ("multikey", " 1234567.", 1.0), ("multikey", " 7654321, 1234567", 0.0),
+    ("multivalue", " 1111111, 2222222 and 3333333.", 0.75), ("multiquery", " none", 0.0),
+])
+def test_ruler_scoring(kind, prediction, expected):
+    from reftrain.eval._ruler import score
+
+    answers = ("1234567",) if kind == "multikey" else ("1111111", "2222222", "3333333", "4444444")
+    assert score(kind, prediction, answers) == expected
+
+
+def test_an_unknown_kind_is_one_line(tokenizer, books):
+    with pytest.raises(NIAHError, match="unknown needle kind 'haystack'"):
+        build_cells(tokenizer, lengths=[512], depths=[0], trials=1, haystack=books, kind="haystack")
+
+
+def test_the_default_haystack_is_held_out_of_every_training_stream(tokenizer):
+    from reftrain.data import DEFAULT_SPEC
+    from reftrain.data._iterator import resolve_source
+
+    held_out = load_haystack(tokenizer)
+    assert held_out.label == "held-out:docutils-docs"
+    training = "\n".join(text for d in DEFAULT_SPEC.domains for s in d.sources
+                         for _, text in resolve_source(s, DEFAULT_SPEC, d.text_field).documents())
+    training = " ".join(training.split())
+    rng = np.random.default_rng(0)
+    long = [s for s in held_out.sentences if len(s) > 80]
+    picked = [long[int(i)] for i in rng.choice(len(long), 200, replace=False)]
+    assert sum(s in training for s in picked) <= 2, [s for s in picked if s in training][:3]
