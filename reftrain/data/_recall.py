@@ -172,7 +172,7 @@ def recall_document(tokenizer: Tokenizer, filler: Filler, length: int, rng: np.r
     budget = room - sum(len(f) for f in fact_ids)
     kept = []
     for prompt, answer in queries:
-        if len(prompt) + len(answer) + 8 <= budget - 16:  # leave some filler
+        if len(prompt) + len(answer) + 4 <= budget:  # leave a little filler
             kept.append((prompt, answer))
             budget -= len(prompt) + len(answer)
     if not kept:  # too short for any question: a copying document instead
