@@ -34,7 +34,8 @@ def test_a_budget_too_small_does_nothing_and_the_next_call_finishes_and_reports(
         (1, "float32"), (1, "bfloat16"), (2, "float32"), (2, "bfloat16")]
     assert all(r["lengths"] == [256, 512] and all(0 <= a <= 1 for a in r["accuracy"]) for r in result["rows"])
     assert len(result["calls"]) == 2 and result["seconds"] == sum(c["seconds"] for c in result["calls"]) > 0
-    # tiny has no phase 0 or 3 and no 8x length: those targets are unmeasured, not invented.
+    assert result["training"]["1"]["steps"] == 2 and result["training"]["2"]["probe"] == []
+    # This run has no phase 0 or 3 and no 8x length: those targets are unmeasured, not invented.
     assert [t["measured"] for t in result["targets"]] == [None, None, None]
     assert "| after phase | RoPE | 256 | 512 |" in (tmp_path / "out" / "recipe_in_miniature.md").read_text()
     again = _call(tmp_path, "--seconds", "900")  # everything done: a call only reports
@@ -42,8 +43,8 @@ def test_a_budget_too_small_does_nothing_and_the_next_call_finishes_and_reports(
 
 
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
-    done = _call(tmp_path, "--phases", "0")
+    done = _call(tmp_path, "--phases", "5")
     # jaxlib's own start-up logging (absl: "I0000 ...", "WARNING: All log messages ...") is not ours.
     ours = [line for line in done.stderr.splitlines() if not line.startswith(("I0000", "WARNING: All log messages"))]
-    assert done.returncode == 2 and len(ours) == 1 and "has phases [1, 2, 3, 4]" in ours[0]
+    assert done.returncode == 2 and len(ours) == 1 and "has phases [0, 1, 2, 3, 4]" in ours[0]
     assert not (tmp_path / "run").exists()
