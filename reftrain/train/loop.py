@@ -244,13 +244,12 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
             _remove(created)
         raise
     checkpoints.close()
-    if learned is not None:
+    if learned is not None and jax.process_index() == 0:  # the process that wrote config.json
         # The phase is finished here: the next phase chains this checkpoint, a resume does nothing.
         config = json.loads((run.phase_dir / "config.json").read_text())
         _write_json_atomic(run.phase_dir / "config.json", config | {"total_steps": end, "stopped_early": learned})
-        if jax.process_index() == 0:
-            print(f"phase {run.phase.number}: stopped at step {end} of {total}: the NIAH probe reached "
-                  f"{learned['probe_niah']:.2f} >= {learned['probe_stop']} twice in a row", file=sys.stderr, flush=True)
+        print(f"phase {run.phase.number}: stopped at step {end} of {total}: the NIAH probe reached "
+              f"{learned['probe_niah']:.2f} >= {learned['probe_stop']} twice in a row", file=sys.stderr, flush=True)
     return {
         "phase": run.phase.number,
         "steps": end,
