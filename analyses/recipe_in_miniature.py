@@ -5,7 +5,7 @@ context is extended, and bfloat16 RoPE against float32.
     python analyses/recipe_in_miniature.py --run-dir DIR --report           # the table and heatmap, anywhere
 
 The `small` preset (57M parameters) trains through its base stage (phase 0: 2K tokens, theta
-10,400, corpora with synthetic QA) and the paper's four phases scaled down (`reftrain.phases`,
+10,400, corpora with dense recall documents, docs/training.md) and the paper's four phases scaled down (`reftrain.phases`,
 docs/training.md). Each call continues where the last stopped: it trains the first unfinished
 phase with `python -m reftrain.run --max-seconds` (the checkpoints are in DIR, so a call of at
 most 10 minutes may end inside a phase and the next resumes it), and after each phase that
@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, _configure, argv)
     known = [phase.number for phase in PHASES.get(args.preset, ())]
     args.phases = args.phases or known
+    if args.require_base and 1 not in args.multiples:
+        print("recipe_in_miniature: --require-base reads NIAH at the base length: --multiples must include 1",
+              file=sys.stderr)
+        return 2
     if not known or set(args.phases) - set(known) or args.seconds <= 0 or args.trials < 1 or args.base_length < 1:
         print(f"recipe_in_miniature: bad arguments (preset {args.preset!r} has phases {known}; --seconds, --trials "
               f"and --base-length must be positive)", file=sys.stderr)

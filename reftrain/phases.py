@@ -5,7 +5,8 @@ optimiser schedule. `mistral-7b` carries the paper's numbers; `small` adds a bas
 and scales the four phases for one GPU (`SMALL_*` below); `tiny` scales sequence lengths by
 1/512 (rounded to a multiple of 128, so sp=8 x 16-token chunks divide them) and token budgets
 by the per-phase factor in `TINY_BUDGET_SCALE`, so that each phase runs in minutes on 2 CPU
-cores with 8 virtual devices and ring attention over sp=8 (SFT documents are at least 256).
+cores with 8 virtual devices and ring attention over sp=8 (SFT documents are at least 256),
+and adds a base stage of its own (`TINY_BASE_LENGTH`).
 
 The paper gives no learning rates; ours are stated assumptions (`docs/training.md`).
 """
@@ -227,7 +228,7 @@ PHASES: dict[str, tuple[Phase, ...]] = {"mistral-7b": MISTRAL_7B, "tiny": (_tiny
 
 
 def get_phase(preset: str, number: int) -> Phase:
-    """Returns phase `number` of `preset` (1-4; `small` also has its base stage, 0); raises
+    """Returns phase `number` of `preset` (1-4; `small` and `tiny` also have a base stage, 0); raises
     KeyError with the choices."""
     if preset not in PHASES:
         raise KeyError(f"no phases for preset {preset!r}; known: {', '.join(sorted(PHASES))}")

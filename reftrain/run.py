@@ -33,7 +33,7 @@ def _parser() -> OneLineParser:
     p.add_argument("--config", type=Path, help="run.toml: options and a [set] table (reftrain/run_config.py); "
                    "the command line overrides it")
     p.add_argument("--phase", type=int, choices=(0, 1, 2, 3, 4),
-                   help="MegaBeam phase (section 3; 0: the small preset's base stage); required here or in --config")
+                   help="MegaBeam phase (section 3; 0: the small and tiny presets' base stage); required here or in --config")
     p.add_argument("--preset", default="tiny",
                    help="model preset: tiny (CPU-sized), small (57M, the recipe in miniature on one GPU) or mistral-7b")
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<preset>)")

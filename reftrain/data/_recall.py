@@ -21,13 +21,15 @@ document asks for the skill many times over and cannot be recited:
   multi-value), or for several keys at once (multi-query).
 - Many documents hold a span of random tokens twice, the second copy at the end with the loss
   on it after its first 2 tokens: plain copying, the induction that retrieval is built on. At
-  difficulty 0 every document has one, at 0.375 and above a quarter. Random, because the first
+  difficulty 0 every document with room for one (24 tokens after its questions) has one, at
+  0.375 and above a quarter. Random, because the first
   design repeated corpus text, which a model that has memorised the corpora predicts without
   copying (issue 30's H100 run: after 1,563 steps it answered 0.4% of the stream's questions);
   drawn from the corpora's most frequent tokens, few at first (`Filler.span`).
 
 Curriculum: `difficulty` in [0, 1] grows with the row index over `warmup_rows`. At 0 the
-documents are short (one sixteenth of a row) with 1-2 facts; at 1 they reach the whole row,
+documents are short (a sixteenth of a row, at least 64 tokens) with few facts (one below 200
+tokens); at 1 they reach the whole row,
 and a fifth of the rows are a single document of the row's length (the length a NIAH probe at
 the stage's length asks about). Row i is a pure function of (seed, i): the stream's resume state
 is its row count.
@@ -168,7 +170,8 @@ def recall_document(tokenizer: Tokenizer, filler: Filler, length: int, rng: np.r
     fact_ids = [enc(fact_t.format(k=facts[i][0], n=noun, v=facts[i][1])) for i in order]
 
     queries: list[tuple[np.ndarray, np.ndarray]] = []  # (prompt ids, answer ids with loss)
-    values_of = {key: [v for k, v in facts if k == key] for key in keys}
+    # In the order the facts stand in the document: a multi-value answer lists them as read.
+    values_of = {key: [facts[i][1] for i in order if facts[i][0] == key] for key in keys}
     asked = [keys[int(i)] for i in rng.permutation(len(keys))]
     if multi_value:
         key = keys[0]
@@ -201,16 +204,17 @@ def recall_document(tokenizer: Tokenizer, filler: Filler, length: int, rng: np.r
         span = filler.span(size, difficulty, rng)
         budget -= 2 * size
     filler_ids = filler.take(budget, rng)
-    blocks = fact_ids + ([span] if span is not None else [])
-    order = rng.permutation(len(blocks))
+    blocks = list(fact_ids)  # already in the document's order
+    if span is not None:
+        blocks.insert(int(rng.integers(len(blocks) + 1)), span)
     # Facts (and the span's first copy) at random places of the filler, never in the queries.
     cuts = np.sort(rng.integers(0, len(filler_ids) + 1, size=len(blocks)))
     doc = _Parts([], [])
     doc.add(np.array([tokenizer.bos_id], np.int32))
     previous = 0
-    for cut, i in zip(cuts, order):
+    for cut, block in zip(cuts, blocks):
         doc.add(filler_ids[previous:cut])
-        doc.add(blocks[i])
+        doc.add(block)
         previous = cut
     doc.add(filler_ids[previous:])
     for prompt, answer in kept:

@@ -45,7 +45,7 @@ def _join(names) -> str:
 def draw_variant(haystack: Haystack, *, kind: str, seed: int, length: int, depth: float,
                  trials: int) -> list[tuple[list[str], list[str]]]:
     """Returns `trials` (cities, numbers) of one cell: one pair per needle, the asked one first.
-    Drawn from the cell's seed alone (every kind draws its own, "niah" as _needle.draw_needles)."""
+    Drawn from the cell's seed and the kind alone (build_cells draws "niah" with _needle.draw_needles)."""
     rng = np.random.default_rng([seed, length, round(depth * 1000), KINDS.index(kind)])
     n = NEEDLES[kind]
     out = []

@@ -21,22 +21,30 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from reftrain.config import ModelConfig
 from reftrain.data import Tokenizer
 from reftrain.eval._haystack import Haystack, load_haystack
 from reftrain.eval._needle import build_sample, draw_needles
-from reftrain.model import hidden_states, lm_head_kernel
+from reftrain.model import hidden_states, lm_head_kernel, sequence_order
+
+
+_DIGIT_BYTES = {f"<0x{ord(d):02X}>" for d in "0123456789"}
 
 
 def _digit_continuations(tokenizer: Tokenizer) -> np.ndarray:
-    """bool `[vocab]`: pieces that would extend a run of digits (they start with a digit)."""
-    return np.array([tokenizer.piece(i)[:1].isdigit() for i in range(tokenizer.vocab_size)])
+    """bool `[vocab]`: pieces that would extend a run of digits (they start with a digit, or are
+    a digit's byte-fallback piece)."""
+    return np.array([(lambda p: p[:1].isdigit() or p in _DIGIT_BYTES)(tokenizer.piece(i))
+                     for i in range(tokenizer.vocab_size)])
 
 
 @functools.lru_cache(maxsize=8)
 def _scorer(config: ModelConfig, mesh: Mesh | None):
+    # Replicated out, so that every process of a multi-host mesh reads the whole result.
+    out = None if mesh is None else NamedSharding(mesh, P())
     """jit(params, tokens, positions, segment_ids `[T, L]`, where `[T, A]`) -> argmax `[T, A]` of
     the next-token logits at the positions `where`."""
 
@@ -47,7 +55,7 @@ def _scorer(config: ModelConfig, mesh: Mesh | None):
         logits = jnp.einsum("bad,dv->bav", picked, kernel.astype(picked.dtype), preferred_element_type=jnp.float32)
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-    return jax.jit(argmax_at)
+    return jax.jit(argmax_at, out_shardings=out)
 
 
 class NeedleProbe:
@@ -83,11 +91,18 @@ class NeedleProbe:
         correct = 0
         for row, answer in zip(predicted, self.answers):
             n = len(answer)
-            correct += bool(np.array_equal(row[:n], answer) and not self.continues[row[n]])
+            after = int(row[n])  # a piece beyond the tokenizer's (a larger model vocabulary) is no digit
+            extends = after < len(self.continues) and self.continues[after]
+            correct += bool(np.array_equal(row[:n], answer) and not extends)
         return correct / self.trials
 
 
 def _argmax_at(config, params, mesh, tokens, positions, segment_ids, where) -> np.ndarray:
+    order = sequence_order(config, mesh, np.shape(tokens)[1])
+    if order is not None:  # hidden_states come in the model's (zigzag) order: where in that order
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        where = inverse[np.asarray(where)]
     arrays = (jnp.asarray(a, jnp.int32) for a in (tokens, positions, segment_ids, where))
     return np.asarray(jax.device_get(_scorer(config, mesh)(params, *arrays)))
 

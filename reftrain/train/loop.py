@@ -37,7 +37,8 @@ from reftrain.train.step import make_train_step
 
 class _Probe:
     """The phase's NIAH probe (reftrain.eval.probe) at each stage length, prompts built once per
-    length, and the stop rule: `probe_stop` reached by two probes in a row."""
+    length, and the stop rule: `probe_stop` reached by two probes in a row (of this process's
+    steps: a resumed run counts afresh)."""
 
     def __init__(self, run: PhaseRun, tokenizer):
         self.run, self.tokenizer = run, tokenizer
@@ -52,8 +53,10 @@ class _Probe:
         from reftrain.eval.probe import NeedleProbe
 
         if seq_len not in self.probes:
-            self.probes[seq_len] = NeedleProbe(self.tokenizer, length=seq_len, trials=self.run.phase.probe_trials,
-                                               seed=self.run.seed)
+            # Trials split over the batch axes like a batch's rows: rounded up to a multiple of them.
+            ways = self.run.mesh.shape["dp"] * self.run.mesh.shape["fsdp"]
+            trials = -(-self.run.phase.probe_trials // ways) * ways
+            self.probes[seq_len] = NeedleProbe(self.tokenizer, length=seq_len, trials=trials, seed=self.run.seed)
         accuracy = self.probes[seq_len](self.run.config, params, self.run.mesh)
         self.history.append(accuracy)
         return accuracy
@@ -325,7 +328,7 @@ def _train_steps(run: PhaseRun, state, feed: PhaseFeed, step_fn, checkpoints: Ch
                 progress.update(task, advance=1, info=f"loss {record['loss']:.3f}  {tokens_per_s:,.0f} tok/s  len {seq_len}")
                 done = step + 1
                 out_of_time = run.max_seconds is not None and time.perf_counter() - clock >= run.max_seconds
-                if "probe_niah" in record and probe.learned():
+                if "probe_niah" in record and probe.learned() and run.save_every:  # a stop the next phase can chain
                     learned = {"step": done, "probe_niah": record["probe_niah"], "probe_stop": run.phase.probe_stop,
                                "planned_steps": total}
                 if run.save_every and (done % run.save_every == 0 or done == end or out_of_time or learned):

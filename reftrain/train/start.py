@@ -88,7 +88,7 @@ def resolve_start(phase_dir: Path, number: int, *, init_from: str | None, seed: 
         return _init_from(init_from)
     random = f"a random initialisation (seed {seed})"
     previous_dir = phase_dir.parent / f"phase{number - 1}"
-    if number == 0 or (number == 1 and not previous_dir.exists()):  # the first phase (1, or the small preset's 0)
+    if number == 0 or (number == 1 and not previous_dir.exists()):  # the first phase (1, or a base stage, 0)
         return Start("random", None, None, f"starting from {random}")
     previous = number - 1
     step = latest_step(previous_dir / "checkpoints")

@@ -48,3 +48,6 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
     ours = [line for line in done.stderr.splitlines() if not line.startswith(("I0000", "WARNING: All log messages"))]
     assert done.returncode == 2 and len(ours) == 1 and "has phases [0, 1, 2, 3, 4]" in ours[0]
     assert not (tmp_path / "run").exists()
+    done = _call(tmp_path, "--require-base", "0.9", "--multiples", "2", "4")
+    ours = [line for line in done.stderr.splitlines() if not line.startswith(("I0000", "WARNING: All log messages"))]
+    assert done.returncode == 2 and len(ours) == 1 and "--multiples must include 1" in ours[0]

@@ -92,3 +92,31 @@ def test_a_run_logs_the_probe_and_stops_once_it_has_learned(tmp_path, capsys, mo
     assert run_cli.main(["--phase", "1", "--run-dir", str(tmp_path), "--max-steps", "1", "--no-progress",
                          "--cpu-devices", "1", *SMALL]) == 0
     assert "starting from phase 0's final checkpoint (step 6 of 6" in capsys.readouterr().err
+
+
+def test_the_probe_reads_zigzag_hidden_states_at_the_natural_positions(tokenizer):
+    import jax
+
+    from reftrain.config import get_config
+    from reftrain.model import init_params
+    from reftrain.sharding import make_mesh
+
+    natural = get_config("tiny", hidden_size=64, intermediate_size=128, num_q_heads=4, num_kv_heads=2, head_dim=16,
+                         q_chunk=64, kv_chunk=64)
+    zigzag = natural.replace(sequence_layout="zigzag")
+    params = init_params(natural, jax.random.key(1))
+    mesh = make_mesh(sp=2, devices=jax.devices()[:2])
+    probe = NeedleProbe(tokenizer, length=256, trials=2)
+    positions = np.broadcast_to(np.arange(256, dtype=np.int32), (2, 256))
+    args = (probe.tokens, positions, np.ones_like(probe.tokens), probe.where)
+    assert np.array_equal(probe_lib._argmax_at(zigzag, params, mesh, *args),
+                          probe_lib._argmax_at(natural, params, None, *args))
+
+
+def test_a_run_without_checkpoints_does_not_stop_on_the_probe(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(NeedleProbe, "__call__", lambda self, config, params, mesh=None: 1.0)
+    assert run_cli.main(["--phase", "0", "--run-dir", str(tmp_path), "--no-progress", "--cpu-devices", "1", *SMALL,
+                         "--set=stages=128x8x2", "--set=probe_every=1", "--set=probe_trials=2", "--no-checkpoints"]) == 0
+    assert "stopped at step" not in capsys.readouterr().err
+    assert len((tmp_path / "phase0" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert "stopped_early" not in json.loads((tmp_path / "phase0" / "config.json").read_text())
