@@ -58,3 +58,12 @@ def publish_dir(tmp_dir: Path, final: Path) -> None:
 def new_tmp_dir(parent: Path, name: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
+
+
+def check_host_split(batch_size: int, host_index: int, host_count: int) -> None:
+    """Raises DataError unless a global batch of `batch_size` rows splits evenly over `host_count`
+    hosts and `host_index` is one of them (every batch iterator's contract)."""
+    if batch_size <= 0 or host_count <= 0 or batch_size % host_count:
+        raise DataError(f"batch_size {batch_size} must be a positive multiple of host_count {host_count}")
+    if not 0 <= host_index < host_count:
+        raise DataError(f"host_index {host_index} must be in [0, {host_count})")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from reftrain.data._cache import DataError
+from reftrain.data._cache import DataError, check_host_split
 from reftrain.data._corpus import Corpus, join_corpora, tokenized_source
 from reftrain.data._packing import Piece, StreamPacker, row_arrays
 from reftrain.data._spec import DataSpec
@@ -68,10 +68,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     def __init__(self, spec: DataSpec, corpora: list[Corpus], *, batch_size: int,
                  seq_len: int | None = None, seed: int | None = None,
                  host_index: int = 0, host_count: int = 1):
-        if batch_size <= 0 or host_count <= 0 or batch_size % host_count:
-            raise DataError(f"batch_size {batch_size} must be a positive multiple of host_count {host_count}")
-        if not 0 <= host_index < host_count:
-            raise DataError(f"host_index {host_index} must be in [0, {host_count})")
+        check_host_split(batch_size, host_index, host_count)
         if seq_len is None and not spec.seq_mix:
             raise DataError("give seq_len, or a spec with a seq_mix")
         if seq_len is not None and seq_len <= 0:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reftrain.data._cache import DataError
+from reftrain.data._cache import DataError, check_host_split
 from reftrain.data._corpus import Corpus
 from reftrain.data._qa_pairs import KNOWN_QA_KINDS, QA_KINDS, QAPair, compatible, draw_pair
 from reftrain.data._tokenizer import Tokenizer, load_tokenizer
@@ -140,10 +140,7 @@ class QABatchIterator(Iterator[dict[str, np.ndarray]]):
                  seed: int = 0, host_index: int = 0, host_count: int = 1,
                  min_length: int | None = None, kinds: tuple[str, ...] = QA_KINDS,
                  n_distractors: int = 3):
-        if batch_size <= 0 or host_count <= 0 or batch_size % host_count:
-            raise DataError(f"batch_size {batch_size} must be a positive multiple of host_count {host_count}")
-        if not 0 <= host_index < host_count:
-            raise DataError(f"host_index {host_index} must be in [0, {host_count})")
+        check_host_split(batch_size, host_index, host_count)
         if min_length is not None and not 0 < min_length <= seq_len:
             raise DataError(f"min_length {min_length} must be in [1, seq_len={seq_len}]")
         unknown = set(kinds) - set(KNOWN_QA_KINDS)

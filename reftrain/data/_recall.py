@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reftrain.data._cache import DataError
+from reftrain.data._cache import DataError, check_host_split
 from reftrain.data._corpus import Corpus
 from reftrain.data._tokenizer import Tokenizer
 
@@ -256,10 +256,7 @@ class RecallBatchIterator(Iterator[dict[str, np.ndarray]]):
 
     def __init__(self, tokenizer: Tokenizer, corpora: Sequence[Corpus], *, batch_size: int, seq_len: int,
                  seed: int = 0, host_index: int = 0, host_count: int = 1, warmup_rows: int = 0):
-        if batch_size <= 0 or host_count <= 0 or batch_size % host_count:
-            raise DataError(f"batch_size {batch_size} must be a positive multiple of host_count {host_count}")
-        if not 0 <= host_index < host_count:
-            raise DataError(f"host_index {host_index} must be in [0, {host_count})")
+        check_host_split(batch_size, host_index, host_count)
         if seq_len < 64:
             raise DataError(f"recall rows need seq_len >= 64, got {seq_len}")
         self.tokenizer, self.filler = tokenizer, Filler(corpora, tokenizer)
