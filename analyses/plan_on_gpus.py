@@ -68,7 +68,7 @@ def step_documents(model: str, phase: int, seq_len: int, steps: int) -> list[dic
     import numpy as np
 
     from reftrain.phases import get_phase
-    from reftrain.run import apply_settings
+    from reftrain.setup import apply_settings
     from reftrain.sharding import make_mesh
     from reftrain.train.data_feed import PhaseFeed
 

@@ -1,10 +1,11 @@
 """Model configurations: typed, frozen dataclasses with named presets.
 
 A `ModelConfig` holds the architecture (what a Hugging Face config.json holds and a checkpoint
-must match: ARCHITECTURE_FIELDS), the phase's RoPE numerics (`rope_dtype`) and how it runs
-(EXECUTION_FIELDS: kernel, chunks, layout, documents, remat, dtypes), declared once below with
-`_execution`. A plan is the execution half plus the mesh (reftrain.plan); a phase sets theta and
-RoPE precision; the Hugging Face round trip carries the architecture only.
+must match: ARCHITECTURE_FIELDS), the phase's RoPE numerics (`rope_dtype`) and how it runs: its
+`execution` (reftrain.execution.Execution: kernel, chunks, layout, documents, remat, dtypes),
+whose fields read through the config too (`config.q_chunk`). A plan is an execution plus the
+mesh (reftrain.plan); a phase sets theta and RoPE precision; the Hugging Face round trip carries
+the architecture only.
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from reftrain.execution import (ATTENTION_IMPLS, DTYPES, EXECUTION_FIELDS, REMAT_POLICIES, Execution)
 from reftrain.fields import check_field_types
 
-# reftrain.remat.POLICIES says what each keeps (kept here as names: config imports no jax).
-REMAT_POLICIES = ("full", "save_attention", "save_qkv_attention", "save_dots", "save_dots_attention",
-                  "offload_layer_inputs", "none")
-# Built in; `reftrain.layers.register_attention` adds others (hloscope's paper reproduction).
-ATTENTION_IMPLS = ("auto", "dense", "blockwise")
-ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # reftrain.attention.KERNELS
-SEQUENCE_LAYOUTS = ("contiguous", "zigzag")  # reftrain.attention.LAYOUTS
-DTYPES = ("float32", "bfloat16")
+__all__ = ["ARCHITECTURE_FIELDS", "ATTENTION_IMPLS", "EXECUTION_FIELDS", "PRESETS", "REMAT_POLICIES", "Execution",
+           "ModelConfig", "YarnConfig", "get_config"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +58,6 @@ class YarnConfig:
         return 0.1 * math.log(self.factor) + 1.0
 
 
-def _execution(default):
-    """A field that says how the model runs, not what it is: a plan sets it (EXECUTION_FIELDS)."""
-    return field(default=default, metadata={"execution": True})
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """A Mistral-architecture decoder and how it runs.
@@ -90,25 +81,7 @@ class ModelConfig:
     rope_dtype: str = "float32"
     yarn: YarnConfig | None = None
     initializer_range: float = 0.02
-    # Execution: what a plan file sets (reftrain.plan), declared with _execution.
-    param_dtype: str = _execution("float32")
-    compute_dtype: str = _execution("bfloat16")
-    remat_policy: str = _execution("full")
-    attention_impl: str = _execution("auto")
-    # Block kernel: "auto" is cuDNN's fused attention on an NVIDIA GPU, our XLA loops elsewhere.
-    attention_kernel: str = _execution("auto")
-    # "zigzag" gives device i the sequence chunks i and 2*sp-1-i, balancing causal ring work.
-    sequence_layout: str = _execution("contiguous")
-    # cuDNN packed mode (documents): document slots per call (more documents take more calls).
-    # Packed-mode memory grows with slots x call length; 4 slots on 16K blocks is the default
-    # measured on an H200 (analyses/results/bench_attention_documents_*.md, docs/gpu.md).
-    max_documents: int = _execution(4)
-    # cuDNN with documents: a shard with itself in blocks of this many tokens (0: one call).
-    document_block: int = _execution(16384)
-    q_chunk: int = _execution(2048)
-    kv_chunk: int = _execution(4096)
-    loss_chunk: int = _execution(2048)
-    mlp_chunk: int = _execution(8192)  # tokens per device per MLP chunk; 0 runs the MLP whole
+    execution: Execution = field(default_factory=Execution)  # how it runs: what a plan sets
 
     def __post_init__(self):
         check_field_types(self, "model")
@@ -116,56 +89,55 @@ class ModelConfig:
             raise ValueError(f"num_q_heads {self.num_q_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        for name, allowed in (
-            ("rope_dtype", DTYPES),
-            ("param_dtype", DTYPES),
-            ("compute_dtype", DTYPES),
-            ("remat_policy", REMAT_POLICIES),
-            ("attention_kernel", ATTENTION_KERNELS),
-            ("sequence_layout", SEQUENCE_LAYOUTS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("mlp_chunk", "document_block"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rope_dtype not in DTYPES:
+            raise ValueError(f"rope_dtype must be one of {DTYPES}, got {self.rope_dtype!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_q_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "q_chunk", "kv_chunk", "loss_chunk", "max_documents"):
+                     "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
+    def __getattr__(self, name: str):
+        # Only reached for names the config itself lacks: an execution field reads through.
+        if name in EXECUTION_FIELDS:
+            return getattr(object.__getattribute__(self, "execution"), name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def replace(self, **changes) -> ModelConfig:
+        """A copy with `changes`, architecture or execution fields alike (`q_chunk=1024`)."""
+        execution = {k: changes.pop(k) for k in list(changes) if k in EXECUTION_FIELDS}
+        if execution:
+            changes["execution"] = changes.get("execution", self.execution).replace(**execution)
         return dataclasses.replace(self, **changes)
 
-    def execution(self) -> dict[str, Any]:
-        """How this model runs (EXECUTION_FIELDS): what a plan holds."""
-        return {name: getattr(self, name) for name in EXECUTION_FIELDS}
-
-    def with_execution(self, values: dict[str, Any]) -> ModelConfig:
-        """This model run as `values` say (any of EXECUTION_FIELDS; the rest stays)."""
-        unknown = set(values) - set(EXECUTION_FIELDS)
-        if unknown:
-            raise ValueError(f"not execution settings: {sorted(unknown)}; they are {', '.join(EXECUTION_FIELDS)}")
-        return self.replace(**values)
+    def with_execution(self, values: dict[str, Any] | Execution) -> ModelConfig:
+        """This model run as `values` say (an Execution, or any of EXECUTION_FIELDS: the rest stays)."""
+        if isinstance(values, Execution):
+            return dataclasses.replace(self, execution=values)
+        return dataclasses.replace(self, execution=self.execution.replace(**values))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Flat, as config.json has always held it: the architecture and the execution's fields."""
+        values = dataclasses.asdict(self)
+        return values | values.pop("execution")
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
+        """From `to_dict`'s flat form (execution fields at the top, as every run directory has
+        them) or with an `execution` mapping."""
         values = dict(values)
+        execution = dict(values.pop("execution", None) or {}) | {k: values.pop(k) for k in list(values)
+                                                                  if k in EXECUTION_FIELDS}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
         if values.get("yarn") is not None:
             values["yarn"] = YarnConfig(**values["yarn"])
-        return cls(**values)
+        return cls(**values, execution=Execution(**execution))
 
 
-EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("execution"))
 #: What a Hugging Face config.json holds (reftrain.hf maps each to its key).
 ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig)
-                            if not f.metadata.get("execution") and f.name not in ("name", "rope_dtype"))
+                            if f.name not in ("name", "rope_dtype", "execution"))
 
 PRESETS: dict[str, ModelConfig] = {
     # Mistral-7B-Instruct-v0.2, MegaBeam's base: theta 1e6, no sliding window.
@@ -190,16 +162,18 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=2,
         head_dim=64,
         intermediate_size=1536,
-        q_chunk=1024,
-        kv_chunk=1024,
-        # Tokens per loss chunk across the batch: 2 GB of float32 logits; on an H100 the base
-        # stage ran 546,778 tokens/s against 515,316 with 2,048 (analyses/results/plan_runs.md).
-        loss_chunk=16384,
-        # One cuDNN call per shard, 16 document slots: an H200 has memory to spare for so small a
-        # model (about 8 GB of packed-mode workspace at 39K tokens x 3 rows), and the blocked path's
-        # many small calls held its first run's 19K-39K phases to about 115K tokens/s (6-8% MFU).
-        max_documents=16,
-        document_block=0,
+        execution=Execution(
+            q_chunk=1024,
+            kv_chunk=1024,
+            # Tokens per loss chunk across the batch: 2 GB of float32 logits; on an H100 the base
+            # stage ran 546,778 tokens/s against 515,316 with 2,048 (analyses/results/plan_runs.md).
+            loss_chunk=16384,
+            # One cuDNN call per shard, 16 document slots: an H200 has memory to spare for so small
+            # a model (about 8 GB of packed-mode workspace at 39K tokens x 3 rows), and the blocked
+            # path's many small calls held its first run's 19K-39K phases to about 115K tokens/s.
+            max_documents=16,
+            document_block=0,
+        ),
     ),
     # Mistral-shaped (GQA 4:1, real vocabulary) and small enough to train on 2 CPU cores.
     "tiny": ModelConfig(
@@ -211,9 +185,7 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=2,
         head_dim=32,
         intermediate_size=704,
-        q_chunk=256,
-        kv_chunk=256,
-        loss_chunk=256,
+        execution=Execution(q_chunk=256, kv_chunk=256, loss_chunk=256),
     ),
 }
 

@@ -7,9 +7,11 @@ hloscope keeps its own in hloscope/_files.py because neither package may import 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -23,6 +25,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int | None = 1, **dumps) -> None:
+    """Writes `value` as JSON (and a newline) to `path`, atomically: the one JSON writer of
+    reftrain and analyses/ (`dumps`: json.dumps' other options, such as `default=str`)."""
+    atomic_write_bytes(Path(path), (json.dumps(value, indent=indent, **dumps) + "\n").encode())
 
 
 def is_hf_checkpoint_dir(path: Path) -> bool:

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import Mesh
 
-from reftrain.attention import blockwise_attention, dense_attention, resolve_kernel, ring_attention
+from reftrain.attention import AttentionSpec, dense_attention
+from reftrain.attention import attend as attend_shards
 from reftrain.config import ATTENTION_IMPLS, ModelConfig
+from reftrain.execution import fit_chunk
 from reftrain.remat import remat_policy
 from reftrain.rope import apply_rope
 from reftrain.sharding import activation_spec, heads_spec
@@ -38,15 +40,6 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return x32.astype(self.dtype) * scale.astype(self.dtype)
-
-
-def fit_chunk(chunk: int, length: int) -> int:
-    """The largest divisor of `length` not above `chunk`: chunk sizes are upper bounds, so one
-    plan serves every sequence length of a phase (38,400 local tokens with 4,096 gives 3,840)."""
-    chunk = min(chunk, length)
-    while length % chunk:
-        chunk -= 1
-    return chunk
 
 
 #: Attention implementations registered from outside reftrain, by name: (function called inside
@@ -74,41 +67,33 @@ def attend(config: ModelConfig, mesh: Mesh | None, q, k, v, segment_ids) -> jax.
     if impl in EXTRA_ATTENTION and mesh is None:
         raise ValueError(f"attention_impl {impl!r} needs a mesh")
     platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-    kernel = resolve_kernel(config.attention_kernel, platform)
     if mesh is None:
         if impl == "blockwise":
-            chunks = (fit_chunk(config.q_chunk, q.shape[1]), fit_chunk(config.kv_chunk, q.shape[1]))
-            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=chunks[0], kv_chunk=chunks[1], kernel=kernel,
-                                       max_documents=config.max_documents, document_block=config.document_block)
+            return attend_shards(q, k, v, AttentionSpec.of(config.execution, q.shape[1], platform=platform), segment_ids)
         return dense_attention(q, k, v, segment_ids=segment_ids)
 
     sp = mesh.shape["sp"]
     local_len = q.shape[1] // sp
     if q.shape[1] % sp:
         raise ValueError(f"sequence length {q.shape[1]} is not divisible by sp={sp}")
-    q_chunk, kv_chunk = fit_chunk(config.q_chunk, local_len), fit_chunk(config.kv_chunk, local_len)
+    spec = AttentionSpec.of(config.execution, local_len, axis_name="sp" if sp > 1 else None, platform=platform)
 
-    spec = heads_spec()
-    segment_spec = jax.sharding.PartitionSpec(spec[0], spec[1])
+    heads = heads_spec()
+    segment_spec = jax.sharding.PartitionSpec(heads[0], heads[1])
     if impl in EXTRA_ATTENTION:
         extra, full_segment_ids = EXTRA_ATTENTION[impl]
-        segment_spec = jax.sharding.PartitionSpec(spec[0]) if full_segment_ids else segment_spec
+        segment_spec = jax.sharding.PartitionSpec(heads[0]) if full_segment_ids else segment_spec
 
     def local(q, k, v, segment_ids):
         if impl in EXTRA_ATTENTION:
-            return extra(q, k, v, segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp")
+            return extra(q, k, v, segment_ids, q_chunk=spec.q_chunk, kv_chunk=spec.kv_chunk, axis_name="sp")
         if impl == "dense" and sp == 1:
             return dense_attention(q, k, v, segment_ids=segment_ids)
-        if sp == 1:
-            return blockwise_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel=kernel,
-                                       max_documents=config.max_documents, document_block=config.document_block)
-        return ring_attention(q, k, v, segment_ids=segment_ids, q_chunk=q_chunk, kv_chunk=kv_chunk, axis_name="sp",
-                              kernel=kernel, layout=config.sequence_layout, max_documents=config.max_documents,
-                              document_block=config.document_block)
+        return attend_shards(q, k, v, spec, segment_ids)  # blockwise on one shard, the ring over sp
 
     if segment_ids is None:  # one document per row: no document mask (cuDNN's fastest path)
-        return jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(q, k, v)
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, segment_spec), out_specs=spec)(
+        return jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=mesh, in_specs=(heads,) * 3, out_specs=heads)(q, k, v)
+    return jax.shard_map(local, mesh=mesh, in_specs=(heads, heads, heads, segment_spec), out_specs=heads)(
         q, k, v, segment_ids
     )
 

@@ -15,7 +15,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from reftrain.layers import fit_chunk
+from reftrain.execution import fit_chunk
 from reftrain.sharding import BATCH, activation_spec, batch_spec
 
 

@@ -1,5 +1,5 @@
-"""The plan file: how to run a model at one length on one machine, the execution settings
-(ModelConfig's EXECUTION_FIELDS: kernel, chunks, layout, documents, remat, dtypes) and the mesh.
+"""The plan file: how to run a model at one length on one machine, an execution
+(reftrain.execution.Execution: kernel, chunks, layout, documents, remat, dtypes) and the mesh.
 
 hloscope's search writes it (schema below, also in docs/plan.md) with the execution of the very
 step it compiled; reftrain reads it with `load_plan`, or uses `default_plan` for a preset,
@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reftrain.config import EXECUTION_FIELDS, PRESETS, ModelConfig
+from reftrain.config import ModelConfig
+from reftrain.execution import EXECUTION_FIELDS, Execution
 from reftrain.fields import check_field_types
-from reftrain.files import atomic_write_bytes
+from reftrain.files import write_json
 
 SCHEMA = "hloscope.plan/2"
 _SCHEMA_1 = "hloscope.plan/1"  # q_chunk, kv_chunk, remat_policy, sequence_layout, document_block at the top
@@ -36,7 +37,7 @@ class Plan:
     model: str
     seq_len: int
     mesh: dict[str, int]
-    execution: dict[str, Any]  # any of ModelConfig's EXECUTION_FIELDS; the rest stay the preset's
+    execution: dict[str, Any]  # any of Execution's fields; the rest stay the preset's
     layers: int | None = None  # decoder layers when fewer than the preset's (a model cut to fit one GPU)
     target: dict[str, Any] = field(default_factory=dict)  # device kind, count, memory budget
     predicted: dict[str, Any] = field(default_factory=dict)  # figure name -> bytes per device
@@ -52,12 +53,12 @@ class Plan:
         return asdict(self)
 
 
-def default_plan(config: ModelConfig, seq_len: int, devices: int) -> Plan:
-    """The plan used without `--plan`: all devices on sp (the paper: SP over TP for long
-    sequences), the config's execution with its chunks clipped to the local length."""
-    local = seq_len // devices
-    execution = config.execution() | {"q_chunk": min(config.q_chunk, local), "kv_chunk": min(config.kv_chunk, local)}
-    return Plan(model=config.name, seq_len=seq_len, mesh={"dp": 1, "fsdp": 1, "tp": 1, "sp": devices}, execution=execution)
+def default_plan(config: ModelConfig, seq_len: int, devices: int, mesh: dict[str, int] | None = None) -> Plan:
+    """The plan used without `--plan`: `mesh`, else all devices on sp (the paper: SP over TP for
+    long sequences), and the config's execution with its chunks fitted to the local length."""
+    mesh = mesh or {"dp": 1, "fsdp": 1, "tp": 1, "sp": devices}
+    execution = config.execution.fitted(max(seq_len // mesh["sp"], 1))
+    return Plan(model=config.name, seq_len=seq_len, mesh=dict(mesh), execution=execution.to_dict())
 
 
 def plan_from_dict(raw: dict[str, Any]) -> Plan:
@@ -85,10 +86,10 @@ def plan_from_dict(raw: dict[str, Any]) -> Plan:
     margin = plan.target.get("margin")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1):
         raise PlanError(f"plan target.margin must be a number in [0, 1), got {margin!r}")
-    try:  # the model config's own checks, on any preset: names, types and ranges of each setting
-        next(iter(PRESETS.values())).with_execution(plan.execution)
+    try:  # the execution's own checks: names, types and ranges of each setting
+        Execution().replace(**plan.execution)
     except (TypeError, ValueError) as e:
-        raise PlanError(f"plan execution: {str(e).removeprefix('model ')}") from None
+        raise PlanError(f"plan execution: {str(e).removeprefix('execution ')}") from None
     return plan
 
 
@@ -115,4 +116,4 @@ def apply_plan(plan: Plan, config: ModelConfig, available_devices: int) -> Model
 
 def write_plan(plan: Plan, path: str | Path) -> None:
     """Writes the plan atomically (temporary file, then rename)."""
-    atomic_write_bytes(Path(path), (json.dumps(plan.to_dict(), indent=2) + "\n").encode())
+    write_json(path, plan.to_dict(), indent=2)

@@ -27,10 +27,12 @@ from typing import Callable
 
 import jax
 
+from reftrain.execution import REMAT_POLICIES
+
 _cp = jax.checkpoint_policies
 _ATTENTION = ("attention_out", "attention_lse")
 
-POLICIES: dict[str, Callable | None] = {
+_BY_NAME: dict[str, Callable | None] = {
     "full": _cp.nothing_saveable,
     "save_attention": _cp.save_only_these_names(*_ATTENTION),
     "save_qkv_attention": _cp.save_only_these_names("query", "key", "value", *_ATTENTION),
@@ -42,6 +44,9 @@ POLICIES: dict[str, Callable | None] = {
         offload_src="device", offload_dst="pinned_host"),
     "none": None,  # no remat at all
 }
+# In reftrain.execution.REMAT's order (least device memory first), which names them once.
+POLICIES: dict[str, Callable | None] = {name: _BY_NAME[name] for name in REMAT_POLICIES}
+assert POLICIES.keys() == _BY_NAME.keys(), "reftrain.execution.REMAT and the jax policies name different policies"
 
 
 def remat_policy(name: str) -> Callable | None:

@@ -3,14 +3,15 @@
 A phase that has checkpoints resumes from its latest; otherwise it starts from `--init-from` (a
 Hugging Face Mistral directory or an orbax checkpoint directory), else from phase N-1's final
 checkpoint in the same run directory, else from a random initialisation, and says which in one
-line on stderr. An unfinished phase N-1 is chained only with `--chain-unfinished`. `--plan plan.json` (from `hloscope search`) sets
-chunks, mesh and remat; without it the preset's default plan is used through the same path.
+line on stderr. An unfinished phase N-1 is chained only with `--chain-unfinished`. `--plan
+plan.json` (from `hloscope search`) sets the mesh and the execution (every setting of
+reftrain.execution.Execution); without it the preset's default plan is used through the same
+path, `reftrain.setup.resolve`, which hloscope's train-step program compiles too.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -97,78 +98,6 @@ def _split_setting(setting: str) -> tuple[str, str]:
     return (key, text) if sep else (setting, None)
 
 
-def _parse_text(hint, text: str, key: str):
-    """A `--set` value read as the field's annotated type (int, float, bool or str)."""
-    from reftrain.fields import describe
-
-    try:
-        if hint is bool:
-            if text.lower() not in ("true", "false"):
-                raise ValueError
-            return text.lower() == "true"
-        if hint is int:
-            number = float(text)
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        if hint is float:
-            return float(text)
-    except (ValueError, OverflowError):
-        raise ValueError(f"--set {key}: expected {describe(hint)}, got {text!r}") from None
-    return text
-
-
-def parse_stages(text: str):
-    """Parses `LENxCOUNT[xBATCH],...` (e.g. `128x8x2,256x4`) into phase stages."""
-    from reftrain.phases import Stage
-
-    stages = []
-    for item in str(text).split(","):
-        parts = item.lower().split("x")
-        if len(parts) not in (2, 3) or not all(part.isdigit() and int(part) > 0 for part in parts):
-            raise ValueError(f"stages: expected LENxCOUNT[xBATCH] with positive integers, got {item!r}")
-        stages.append(Stage(*map(int, parts)))
-    return tuple(stages)
-
-
-def _settable(phase, config) -> dict[str, tuple[str, object]]:
-    """{key: ("phase" | "model", annotation)} of every field `--set` may change; a key that is
-    both (rope_theta, rope_dtype) is the phase's, which sets the model's."""
-    import typing
-
-    keys = {}
-    for target, obj, skip in (("model", config, {"yarn"}), ("phase", phase, {"number", "stages", "paper"})):
-        hints = typing.get_type_hints(type(obj))
-        keys |= {f.name: (target, hints[f.name]) for f in dataclasses.fields(obj) if f.name not in skip}
-    return keys
-
-
-def apply_settings(phase, config, settings: list[tuple[str, object]], origin: str = "--set"):
-    """Returns (phase, config) with (key, value) settings applied in order. A str value is read
-    as the field's type (`--set`); any other value must already have it (a TOML file)."""
-    from reftrain.fields import describe, matches
-
-    fields = _settable(phase, config)
-    for key, value in settings:
-        if value is None:
-            raise ValueError(f"--set needs KEY=VALUE, got {key!r}")
-        if key == "stages":
-            phase = phase.replace(stages=parse_stages(value))
-            continue
-        if key not in fields:
-            raise ValueError(f"{origin} {key}: not a phase or model field")
-        target, hint = fields[key]
-        if isinstance(value, str):
-            value = _parse_text(hint, value, key)
-        elif not matches(value, hint):
-            raise ValueError(f"{origin} {key} must be {describe(hint)}, got {value!r}")
-        if target == "phase":
-            phase = phase.replace(**{key: value})
-        else:
-            config = config.replace(**{key: value})
-    return phase, config
-
-
 def _distributed(args) -> None:
     import jax
 
@@ -204,10 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__}", file=sys.stderr)
             return 2
 
-    from reftrain.config import get_config
     from reftrain.data import DEFAULT_SPEC, DataError, load_spec
-    from reftrain.phases import get_phase
-    from reftrain.plan import apply_plan, default_plan
+    from reftrain.setup import resolve
     from reftrain.train.loop import device_bytes_limit
     from reftrain.train.out_of_memory import OutOfMemoryError
     from reftrain.sharding import make_mesh
@@ -216,22 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     from reftrain.train.start import StartError, resolve_start
 
     try:
-        phase, config = apply_settings(get_phase(args.preset, args.phase), get_config(args.preset), args.settings)
-        longest = max(stage.seq_len for stage in phase.stages)
-        plan = plan_file or default_plan(config, longest, jax.device_count())
-        # The plan's execution, then --set over it (what the user names wins).
-        phase, config = apply_settings(phase, apply_plan(plan, get_config(args.preset), jax.device_count()), args.settings)
-        if longest > plan.seq_len:  # its memory was predicted for plan.seq_len tokens, not more
-            phase = phase.capped_at(plan.seq_len)
-            print(f"phase {phase.number}: its stages longer than the plan's {plan.seq_len:,} tokens (up to {longest:,}) "
-                  f"run at {plan.seq_len:,}, in as many more sequences as keep their tokens", file=sys.stderr)
-        if jax.default_backend() == "cpu" and "compute_dtype" not in {key for key, _ in args.settings}:
-            # XLA:CPU has no bfloat16 matmul units: a tiny step in bfloat16 took 8.7 s, in float32
-            # 4.1 s (2 shared cores), with the same losses to 1e-3. `--set compute_dtype=` still wins.
-            config = config.replace(compute_dtype="float32")
-        if args.grad_accum is not None:  # one value for the step count and the data feed
-            phase = dataclasses.replace(phase, grad_accum=args.grad_accum)
-        config = config.replace(rope_theta=phase.rope_theta, rope_dtype=phase.rope_dtype)
+        resolved = resolve(args.preset, args.phase, args.settings, devices=jax.device_count(),
+                           platform=jax.default_backend(), plan=plan_file, grad_accum=args.grad_accum)
+        phase, config, plan = resolved.phase, resolved.config, resolved.plan
+        if resolved.capped_from is not None:
+            print(f"phase {phase.number}: its stages longer than the plan's {plan.seq_len:,} tokens (up to "
+                  f"{resolved.capped_from:,}) run at {plan.seq_len:,}, in as many more sequences as keep their tokens",
+                  file=sys.stderr)
         mesh = make_mesh(**plan.mesh)
         spec = load_spec(args.data_spec) if args.data_spec else DEFAULT_SPEC
         run = PhaseRun(

@@ -16,7 +16,7 @@ import jax
 
 from reftrain.attention._dense import dense_attention
 from reftrain.attention._ring import ring, shard_kernel
-from reftrain.attention._spec import KERNELS, LAYOUTS, AttentionSpec, resolve_kernel
+from reftrain.attention._spec import DEFAULT, KERNELS, LAYOUTS, AttentionSpec, resolve_kernel
 
 __all__ = ["KERNELS", "LAYOUTS", "AttentionSpec", "attend", "blockwise_attention", "dense_attention",
            "resolve_kernel", "ring_attention", "shard_kernel"]
@@ -32,8 +32,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec,
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
-                        causal: bool = True, q_chunk: int, kv_chunk: int, kernel: str = "auto",
-                        max_documents: int = 4, document_block: int = 16384) -> jax.Array:
+                        causal: bool = True, q_chunk: int, kv_chunk: int, kernel: str = DEFAULT.attention_kernel,
+                        max_documents: int = DEFAULT.max_documents,
+                        document_block: int = DEFAULT.document_block) -> jax.Array:
     """Returns attention `[batch, len, q_heads, head_dim]` on one device, never building a
     `[len, len]` matrix; equals `dense_attention`. Softmax statistics are float32. The other
     arguments are `AttentionSpec`'s (ValueError if a chunk does not divide `len`)."""
@@ -42,8 +43,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids
 
 
 def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
-                   causal: bool = True, q_chunk: int, kv_chunk: int, axis_name: Hashable, kernel: str = "auto",
-                   layout: str = "contiguous", max_documents: int = 4, document_block: int = 16384) -> jax.Array:
+                   causal: bool = True, q_chunk: int, kv_chunk: int, axis_name: Hashable,
+                   kernel: str = DEFAULT.attention_kernel, layout: str = DEFAULT.sequence_layout,
+                   max_documents: int = DEFAULT.max_documents, document_block: int = DEFAULT.document_block) -> jax.Array:
     """Returns this device's shard of attention `[batch, local_len, q_heads, head_dim]`.
 
     Call inside `shard_map` with q, k, v and segment_ids sharded over `axis_name` in `layout`

@@ -27,7 +27,6 @@ per-token lse here and scattered back for the backward.
 
 from __future__ import annotations
 
-from math import gcd
 from typing import Callable, NamedTuple
 
 import jax
@@ -36,6 +35,7 @@ from jax import lax
 
 from reftrain.attention._spec import (AttentionSpec, Kernel, add_into, empty_backward, empty_forward, merge_into, piece,
                                      when)
+from reftrain.execution import fit_chunk
 
 
 class Primitives(NamedTuple):
@@ -212,7 +212,7 @@ def blocked(kernel: Kernel, block: int) -> Kernel:
     def split(q, causal, segments):
         if not causal or segments is None or q.shape[1] <= block:
             return None
-        size = gcd(block, q.shape[1])
+        size = fit_chunk(block, q.shape[1])
         return size, q.shape[1] // size, _first_blocks(segments[0], size), segments[0]
 
     def forward(q, k, v, causal, scale, segments=None, acc=None, at=0):

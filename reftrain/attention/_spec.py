@@ -11,8 +11,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-KERNELS = ("auto", "xla", "cudnn")
-LAYOUTS = ("contiguous", "zigzag")
+from reftrain.execution import ATTENTION_KERNELS as KERNELS
+from reftrain.execution import SEQUENCE_LAYOUTS as LAYOUTS
+from reftrain.execution import Execution, fit_chunk
+
+#: The defaults of every attention entry point: reftrain.execution's, written there once.
+DEFAULT = Execution()
 
 
 def resolve_kernel(kernel: str, platform: str | None = None) -> str:
@@ -36,13 +40,23 @@ class AttentionSpec(NamedTuple):
     """
 
     causal: bool = True
-    q_chunk: int = 512
-    kv_chunk: int = 512
-    kernel: str = "auto"
-    layout: str = "contiguous"
+    q_chunk: int = DEFAULT.q_chunk
+    kv_chunk: int = DEFAULT.kv_chunk
+    kernel: str = DEFAULT.attention_kernel
+    layout: str = DEFAULT.sequence_layout
     axis_name: Hashable | None = None
-    max_documents: int = 4
-    document_block: int = 16384
+    max_documents: int = DEFAULT.max_documents
+    document_block: int = DEFAULT.document_block
+
+    @classmethod
+    def of(cls, execution: Execution, local_length: int, *, axis_name: Hashable | None = None,
+           causal: bool = True, platform: str | None = None) -> "AttentionSpec":
+        """The attention part of `execution` for shards of `local_length` tokens: its chunks
+        fitted to that length (`fit_chunk`), its kernel resolved for `platform`."""
+        fitted = execution.fitted(local_length)
+        return cls(causal, fitted.q_chunk, fitted.kv_chunk, resolve_kernel(execution.attention_kernel, platform),
+                   execution.sequence_layout if axis_name is not None else "contiguous", axis_name,
+                   execution.max_documents, execution.document_block)
 
     def check(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> "AttentionSpec":
         """Returns the spec with the kernel resolved; ValueError names what does not fit."""

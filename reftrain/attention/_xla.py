@@ -9,7 +9,6 @@ log-sum-exp, the backward recomputes probabilities from the final lse.
 
 from __future__ import annotations
 
-from math import gcd
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,7 @@ from jax import lax
 
 from reftrain.attention._spec import (AttentionSpec, Kernel, add_piece, attention_mask, empty_backward, empty_forward,
                                      merge, piece)
+from reftrain.execution import fit_chunk
 
 
 def _grouped(x: jax.Array, kv_heads: int) -> jax.Array:
@@ -71,7 +71,7 @@ def xla_kernel(spec: AttentionSpec) -> Kernel:
     """Our chunked loops as a `Kernel`; chunks are the spec's, cut down to divide each call."""
 
     def plan(q, k, causal, segments):
-        qc, kc = gcd(spec.q_chunk, q.shape[1]), gcd(spec.kv_chunk, k.shape[1])
+        qc, kc = fit_chunk(spec.q_chunk, q.shape[1]), fit_chunk(spec.kv_chunk, k.shape[1])
         if segments is None:  # ones_like keeps q's varying manual axes under shard_map
             segments = jnp.ones_like(q[..., 0, 0], jnp.int32), jnp.ones_like(k[..., 0, 0], jnp.int32)
         arange = lambda start, n: start + jnp.arange(n, dtype=jnp.int32)

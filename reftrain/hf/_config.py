@@ -30,7 +30,7 @@ _HF_DEFAULTS = {
     "hidden_act": "silu",
 }
 # The `reftrain` block of an exported config.json: the model's name and its RoPE numerics. How
-# it ran (EXECUTION_FIELDS: chunks, kernel, remat, dtypes) is a plan's, not the checkpoint's;
+# it ran (its Execution: chunks, kernel, remat, dtypes) is a plan's, not the checkpoint's;
 # blocks written before carried them too, and they are read and left out.
 REFTRAIN_BLOCK = ("name", "rope_dtype")
 DEFAULT_MAX_POSITION_EMBEDDINGS = 32_768  # Mistral-7B-v0.2's, written when nothing says more
@@ -144,9 +144,8 @@ def config_from_hf(hf_config: dict, *, allow_sliding_window: bool = False, **ove
     }
     if hf_config.get("initializer_range") is not None:
         values["initializer_range"] = float(hf_config["initializer_range"])
-    values.update(overrides)
-    try:
-        return ModelConfig(**values)
+    try:  # overrides may name execution fields too (replace routes them)
+        return ModelConfig(**values).replace(**overrides)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"config.json does not make a valid ModelConfig: {error}") from None
 

@@ -30,7 +30,7 @@ def _execution(**change):
         ({"model": 7}, "plan model must be a string, got 7"),
         ({"mesh": {"dp": 1, "fsdp": 1, "tp": 1, "sp": "8"}}, "plan mesh must be a mapping of a string to an integer"),
         ({"predicted": [1, 2]}, "plan predicted must be a mapping"),
-        (_execution(remat_policy="most"), "plan execution: remat_policy must be one of ('full', 'save_attention'"),
+        (_execution(remat_policy="most"), "plan execution: remat_policy must be one of ('offload_layer_inputs', 'full'"),
         (_execution(q_chunk=0), "plan execution: q_chunk must be positive"),
         (_execution(document_block="4096"), "plan execution: document_block must be an integer"),
         (_execution(rope_theta=1e6), "plan execution: not execution settings: ['rope_theta']"),
