@@ -35,7 +35,7 @@ import plotly.graph_objects as go
 from _common import Claim, parse_args, print_claims, print_table, save_figure, write_json
 
 from hloscope.profiling import CompileFailed, profile_program
-from hloscope.programs import AttentionShape
+from hloscope.programs.attention_shape import AttentionShape
 from hloscope.targets import MissingGpuAotError, UnknownTargetError, get_target
 
 NAME = "appendix_a"

@@ -45,8 +45,12 @@ VARIANTS = ("16/0", "16/4096", "8/8192", "4/16384", "2/32768")
 
 
 def attention_flops(length: int, documents: list[int] | None) -> float:
+    """Executed FLOPs of one causal attention (forward and backward; reftrain.flops' formula)."""
+    from reftrain.flops import BACKWARD_OVER_FORWARD
+    from reftrain.flops import attention_flops as flops
+
     squares = sum(d * d for d in documents) if documents else length * length
-    return 2.0 * squares * Q_HEADS * HEAD_DIM * 3.5
+    return flops(squares / 2, Q_HEADS, HEAD_DIM, passes=1 + BACKWARD_OVER_FORWARD)
 
 
 def _cudnn_baseline(docs):

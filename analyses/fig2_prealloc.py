@@ -90,11 +90,11 @@ def profile_case(attention: str, q: int, kv: int, args) -> dict:
     """
     # kernel xla: our chunked XLA ring, the attention the paper's chunk sizes describe (on a GPU
     # target "auto" would run cuDNN's fused ring, where the chunks do not apply: docs/gpu.md).
-    shape = ModelStepShape(model=args.model, seq=args.seq, q_chunk=q, kv_chunk=kv, attention=attention,
-                           kernel="xla").resolved()
+    shape = ModelStepShape(model=args.model, seq=args.seq, attention=attention).with_execution(
+        q_chunk=q, kv_chunk=kv, attention_kernel="xla")
     started = time.perf_counter()
-    result = compile_in_worker(CompileRequest("hloscope.programs:lower_program",
-                                              {"program": args.program, **asdict(shape)}, args.target, args.devices))
+    result = compile_in_worker(CompileRequest("hloscope._lower:lower", {"program": args.program, "options": asdict(shape)},
+                                              args.target, args.devices))
     if not result.ok:
         raise RuntimeError(f"compile of {attention} q={q} kv={kv} {result.status}: {result.error}")
     module = parse_module(result.hlo_text)
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.devices < 1:
             raise ValueError(f"--devices must be at least 1, got {args.devices}")
         for attention, q, kv in CASES:
-            ModelStepShape(model=args.model, seq=args.seq, q_chunk=q, kv_chunk=kv, attention=attention).validate(args.devices)
+            ModelStepShape(model=args.model, seq=args.seq, attention=attention).with_execution(
+                q_chunk=q, kv_chunk=kv).validate(args.devices, get_target(args.target).platform)
     except (ValueError, UnknownTargetError) as error:
         print(f"{NAME}: {error}", file=sys.stderr)
         return 2

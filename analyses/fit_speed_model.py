@@ -4,10 +4,10 @@
 
 Each row of an `analyses/bench_train.py` JSON is one measured step (median of its timed steps)
 on one GPU: length, layers, remat policy, documents (the bench's packed row) and document
-block. `hloscope.speed.step_work` counts the work of each (matmul and attention FLOPs as
+block. `hloscope.programs.train_step_speed.step_work` counts the work of each (matmul and attention FLOPs as
 executed, recompute included, cuDNN calls and their padded slots); non-negative least squares
 over the `--fit` rows gives the model's five coefficients, and every `--check` row, none of which the fit saw,
-is predicted and compared. `--write-fit` stores the coefficients in `hloscope/speed_fit.json`,
+is predicted and compared. `--write-fit` stores the coefficients in `hloscope/programs/speed_fit.json`,
 which `hloscope search` uses. Writes <out-dir>/speed_model.json and .md (the table).
 """
 
@@ -23,7 +23,7 @@ from scipy.optimize import nnls
 from _common import RESULTS, parse_args, write_json  # noqa: E402  (this folder is first on sys.path)
 from bench_train import _case_inputs, _config  # noqa: E402
 
-from hloscope.speed import FIT_PATH, SpeedFit, step_work  # noqa: E402
+from hloscope.programs.train_step_speed import FIT_PATH, SpeedFit, step_work  # noqa: E402
 from reftrain.files import atomic_write_bytes  # noqa: E402
 
 # Steps with many documents (bench_speed_docs_*: 16 to 512 documents, blocks of 16K and whole
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                (f" (largest error {max(abs(r['error']) for r in held):.1%})" if held else ""))
     result = {"fit": coefficients.__dict__, "rows": table, "summary": summary}
     write_json(args.out_dir / "speed_model.json", result)
-    header = (f"hloscope's speed model (hloscope/speed.py) fitted by `python analyses/fit_speed_model.py` on "
+    header = (f"hloscope's speed model (hloscope/programs/train_step_speed.py) fitted by `python analyses/fit_speed_model.py` on "
               f"{source}: matmul efficiency {coefficients.matmul_efficiency:.3f}, attention efficiency "
               f"{coefficients.attention_efficiency:.3f}, {coefficients.seconds_per_call * 1e3:.2f} ms a cuDNN call, "
               f"{coefficients.seconds_per_padded_element * 1e12:.3f} ps a padded element, "

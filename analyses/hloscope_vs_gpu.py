@@ -5,8 +5,8 @@ real compile on the H100, and the peak memory measured while the program runs.
     python analyses/hloscope_vs_gpu.py predict      # on the CPU host: writes ..._predicted.json
     python analyses/hloscope_vs_gpu.py measure      # on the GPU
 
-`measure` compiles each program with the same builder hloscope uses (`hloscope.programs
-.lower_program`) on the real device, runs it on zero-filled inputs in its own process (so
+`measure` compiles each program with the same builder hloscope uses (`hloscope._lower
+.lower`) on the real device, runs it on zero-filled inputs in its own process (so
 `peak_bytes_in_use` is that program's alone), and writes the table beside the predictions
 (<out-dir>/hloscope_vs_gpu.json and .md). XLA flags are hloscope's for GPU targets
 (`--xla_gpu_enable_triton_gemm=false`) in both places, so the two compiles see one pipeline; a
@@ -60,12 +60,11 @@ TARGETS = {"deviceless_vs_real_compile": 0.03, "prediction_vs_measured_peak": 0.
 
 def predict(out_dir: Path) -> int:
     from hloscope.profiling import profile_program
-    from hloscope.programs import program_options
     from reftrain.files import atomic_write_bytes
 
     rows = []
     for label, program, options in CASES:
-        profile = profile_program(program, program_options(program, **options), target=TARGET, devices=1)
+        profile = profile_program(program, options, target=TARGET, devices=1)
         rows.append({"label": label, "program": program, "options": options, "figures": profile["figures"],
                      "memory_analysis": profile["memory_analysis"], "versions": profile["versions"]})
         print(label, f"xla_total {profile['figures']['xla_total'] / 2**30:.3f} GiB", flush=True)
@@ -106,7 +105,7 @@ def _measure_one(index: int, runs: int = 3, hlo_path: Path | None = None, device
         devices = jax.devices()[:1]
     axes = mesh_axes(program, len(devices), options, None)
     mesh = Mesh(np.asarray(devices).reshape(tuple(axes.values())), tuple(axes))
-    function, abstract = import_object(builder_spec(program))(mesh, **options)
+    function, abstract, *_ = import_object(builder_spec(program))(mesh, **options)  # and what it built
     jitted = function if hasattr(function, "lower") else jax.jit(function)
     compiled = jitted.lower(*abstract).compile()
     if hlo_path is not None:  # the optimized module, to set beside the deviceless one

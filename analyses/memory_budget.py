@@ -295,17 +295,20 @@ def profile_step(model_name: str, seq: int, target: str, q_chunk: int, kv_chunk:
     """Compiles what profile_program("train-step", ...) compiles and splits its total."""
     from hloscope.compile import CompileRequest, compile_in_worker
     from hloscope.programs.model_step import ModelStepShape
+    from hloscope.targets import get_target
 
     # Our XLA ring kernel, whose working set the breakdown names; cuDNN's fused ring on a GPU adds
     # its packed-document workspace instead (docs/gpu.md).
-    shape = ModelStepShape(model=model_name, seq=seq, q_chunk=q_chunk, kv_chunk=kv_chunk, kernel="xla").resolved()
-    shape.validate(DEVICES)
+    shape = ModelStepShape(model=model_name, seq=seq).with_execution(q_chunk=q_chunk, kv_chunk=kv_chunk,
+                                                                     attention_kernel="xla")
+    platform = get_target(target).platform
+    shape.validate(DEVICES, platform)
     started = time.perf_counter()
-    result = compile_in_worker(CompileRequest("hloscope.programs:lower_program",
-                                              {"program": "train-step", **asdict(shape)}, target, DEVICES))
+    result = compile_in_worker(CompileRequest("hloscope._lower:lower", {"program": "train-step", "options": asdict(shape)},
+                                              target, DEVICES))
     if not result.ok:
         raise RuntimeError(f"train-step {model_name} seq={seq}: compile {result.status}: {result.error}")
-    row = budget_of(result.hlo_text, result.memory, result.dumps["buffer_assignment"], shape.config(),
+    row = budget_of(result.hlo_text, result.memory, result.dumps["buffer_assignment"], shape.config(DEVICES, platform),
                     seq, q_chunk, kv_chunk)
     return {"model": model_name, "target": target, **row, "versions": result.versions,
             "wall_s": time.perf_counter() - started}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _common import parse_args, write_json  # noqa: E402  (this folder is first on sys.path)
 
-from hloscope.speed import predicted_seconds  # noqa: E402
+from hloscope.programs.train_step_speed import predicted_seconds  # noqa: E402
 from hloscope.targets import get_target  # noqa: E402
 from reftrain.config import get_config  # noqa: E402
 from reftrain.data import DEFAULT_SPEC  # noqa: E402

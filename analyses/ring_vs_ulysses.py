@@ -241,7 +241,7 @@ def lower_ulysses(devices, *, seq: int, q_chunk: int, kv_chunk: int, q_heads: in
     from jax import lax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from hloscope.programs import AttentionShape
+    from hloscope.programs.attention_shape import AttentionShape
     from hloscope.programs.attention import sequence_sharded_inputs
     from reftrain.attention import blockwise_attention
 
@@ -306,14 +306,14 @@ def compile_case(method: str, seq: int, n: int, chunks: Chunks, target: str, mod
     from hloscope.compile import CompileRequest, compile_in_worker
     from hloscope.hlo import parse_module
     from hloscope.profiling import analyse
-    from hloscope.programs import AttentionShape
+    from hloscope.programs.attention_shape import AttentionShape
 
     # Our XLA ring, the one the analytic model describes (cuDNN's fused ring moves the same
     # shards but its working set is cuDNN's: docs/gpu.md).
     shape = AttentionShape(seq=seq, q_chunk=chunks.q, kv_chunk=chunks.kv, q_heads=model.q_heads,
                            kv_heads=model.kv_heads, head_dim=model.head_dim, kernel="xla")
     if method == "ring":  # exactly what profile_program("attention", ...) compiles
-        request = CompileRequest("hloscope.programs:lower_program", {"program": "attention", **asdict(shape)}, target, n)
+        request = CompileRequest("hloscope._lower:lower", {"program": "attention", "options": asdict(shape)}, target, n)
     else:
         kwargs = {k: v for k, v in asdict(shape).items() if k not in ("batch", "dtype", "document_block", "kernel")}
         request = CompileRequest("analyses.ring_vs_ulysses:lower_ulysses",

@@ -7,8 +7,10 @@ hloscope); analyses/ use reftrain's."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -20,3 +22,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int | None = 1) -> None:
+    """Writes `value` as JSON to `path`, whole (`atomic_write_text`): hloscope's one JSON writer."""
+    atomic_write_text(path, json.dumps(value, indent=indent))

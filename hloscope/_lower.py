@@ -41,6 +41,13 @@ def lower(devices: Sequence[jax.Device], program: str, options: dict[str, Any] |
     """Returns the program lowered for `devices`; an already jitted function keeps its shardings
     and donation. Raises ProgramError (with the builder's own exception as cause) when the
     program cannot be built, ValueError for a mesh that does not fit the devices."""
+    return lower_described(devices, program, options, mesh)[0]
+
+
+def lower_described(devices: Sequence[jax.Device], program: str, options: dict[str, Any] | None = None,
+                    mesh: dict[str, int] | None = None) -> tuple[jax.stages.Lowered, dict[str, Any] | None]:
+    """`lower`, and what the builder says it built: the optional third element of its return,
+    a JSON-able dict (reftrain's programs give the execution in effect), else None."""
     options = dict(options or {})
     spec = builder_spec(program)
     axes = mesh_axes(program, len(devices), options, mesh)
@@ -55,15 +62,17 @@ def lower(devices: Sequence[jax.Device], program: str, options: dict[str, Any] |
         built = build(device_mesh, **options)
     except Exception as error:
         raise ProgramError(f"{spec} raised {type(error).__name__}: {error}") from error
-    if not (isinstance(built, (tuple, list)) and len(built) == 2 and callable(built[0])):
+    if not (isinstance(built, (tuple, list)) and len(built) in (2, 3) and callable(built[0])):
         raise ProgramError(f"{spec} must return (function, arguments), got {type(built).__name__}")
-    function, arguments = built
+    function, arguments, described = (*built, None)[:3]
+    if described is not None and not isinstance(described, dict):
+        raise ProgramError(f"{spec} returned a description of type {type(described).__name__}, expected a dict")
     if not isinstance(arguments, (tuple, list)):
         raise ProgramError(f"{spec} returned arguments as {type(arguments).__name__}, expected a list or tuple")
     jitted = function if hasattr(function, "lower") else jax.jit(function)
     # Inside the mesh's context, so that bare PartitionSpecs in the user's program resolve to it.
     try:
         with jax.set_mesh(device_mesh):
-            return jitted.lower(*arguments)
+            return jitted.lower(*arguments), described
     except Exception as error:  # tracing runs the user's function: its errors are the program's
         raise ProgramError(f"tracing {spec} raised {type(error).__name__}: {error}") from error

@@ -126,6 +126,7 @@ def run(request: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     devices = _devices(request["target"], int(request["devices"]))
     builder = import_object(request["builder"])
     lowered = builder(devices=devices, **request["kwargs"])
+    lowered, built = lowered if isinstance(lowered, tuple) else (lowered, None)  # lower_described's
     if not isinstance(lowered, jax.stages.Lowered):
         raise TypeError(f"builder {request['builder']} returned {type(lowered).__name__}, not jax.stages.Lowered")
     # A compile-only GPU cannot ask cuDNN for its attention workspace: write in the modelled one.
@@ -147,6 +148,7 @@ def run(request: dict[str, Any], work_dir: Path) -> dict[str, Any]:
         "cost": _cost(compiled),
         "module_name": _module_name(compiled, stablehlo),
         "cudnn_workspace": workspaces,
+        "built": built,
     }
 
 

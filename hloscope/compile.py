@@ -94,6 +94,8 @@ class CompileResult:
     compile_s: float
     # cuDNN attention calls whose workspace hloscope modelled (deviceless GPU compiles only).
     cudnn_workspace: list[dict[str, Any]] = field(default_factory=list)
+    # What the builder says it built (the third element of its return), e.g. the execution in effect.
+    built: dict[str, Any] | None = None
 
 
 def worker_env(target: Target, devices: int, base: Mapping[str, str]) -> dict[str, str]:
@@ -263,4 +265,5 @@ def compile_in_worker(request: CompileRequest) -> CompileResult:
             wall_s=wall_s,
             compile_s=float(payload.get("compile_s", 0.0)),
             cudnn_workspace=payload.get("cudnn_workspace", []),
+            built=payload.get("built"),
         )

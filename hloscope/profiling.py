@@ -169,7 +169,7 @@ def profile_program(
     started = time.perf_counter()
     request = {"program": program, "options": options, "mesh": mesh}
     result = compile_in_worker(
-        CompileRequest("hloscope._lower:lower", request, target, devices, dump=True, timeout_s=timeout_s)
+        CompileRequest("hloscope._lower:lower_described", request, target, devices, dump=True, timeout_s=timeout_s)
     )
     if not result.ok:
         raise CompileFailed(result.status, result.error or "no error message", result.log)
@@ -190,7 +190,8 @@ def profile_program(
     profile.update(
         schema=SCHEMA,
         label=f"{program}{' ' + settings if settings else ''} on {devices}x {target}{mesh_text}",
-        source={"program": program, "options": options, "devices": devices, "mesh": mesh},
+        # `built`: what the builder made of the options (reftrain's programs: the execution in effect).
+        source={"program": program, "options": options, "devices": devices, "mesh": mesh, "built": result.built},
         target={"name": resolved_target.name, "device_kind": resolved_target.device_kind,
                 "memory_bytes": resolved_target.memory_bytes,
                 "runtime_overhead_bytes": resolved_target.runtime_overhead_bytes},

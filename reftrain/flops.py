@@ -1,10 +1,14 @@
 """The one parameter and FLOPs formula of this repository (no jax: hloscope imports it).
 
-The trainer's MFU (reftrain.train.metrics), analyses/bench_train.py, analyses/ring_vs_ulysses.py
-and hloscope's speed model (hloscope/speed.py) all count with these functions. Model FLOPs per
-trained token = 6 x matmul parameters + causal attention; no rematerialisation is counted.
-Attention is counted within documents where a row holds several (`attended_length`), so MFU
-never counts work the mask skips.
+Two counts are built from the same pieces (`matmul_parameters`, `attention_flops`):
+- model FLOPs, for MFU (reftrain.train.metrics, analyses/bench_train.py,
+  analyses/ring_vs_ulysses.py): per trained token 6 x matmul parameters + causal attention,
+  the backward counted as twice the forward and no rematerialisation. Attention is counted
+  within documents where a row holds several (`attended_length`), so MFU never counts work
+  the mask skips;
+- executed FLOPs, for hloscope's speed model (hloscope/programs/train_step_speed.py) and
+  analyses/bench_attention.py: recompute included and attention's backward priced at
+  BACKWARD_OVER_FORWARD forwards (five matmuls to the forward's two).
 """
 
 from __future__ import annotations
@@ -75,19 +79,29 @@ def row_documents(row) -> tuple[list[int], int]:
     return lengths[row[starts] != 0].tolist(), int(lengths[row[starts] == 0].sum())
 
 
+#: Attention's backward in forward passes: five matmuls to the forward's two (executed FLOPs).
+BACKWARD_OVER_FORWARD = 2.5
+
+
+def attention_flops(pairs: float, q_heads: float, head_dim: int, passes: float) -> float:
+    """FLOPs of `passes` forward passes of one layer's attention over `pairs` attended (query,
+    key) pairs: 4 x q_heads x head_dim a pair and pass (QK^T and PV, 2 FLOPs a multiply-add)."""
+    return 4.0 * pairs * q_heads * head_dim * passes
+
+
 def attention_flops_per_token(config: ModelConfig, attended: float) -> float:
-    """Causal attention FLOPs to train on one token: 6 x layers x q_heads x head_dim x
-    `attended` (PaLM's 12 L H Dh S halved for the causal mask; `attended` is the sequence
-    length for one document a row, `attended_length` for packed documents)."""
-    return 6.0 * config.num_layers * config.num_q_heads * config.head_dim * attended
+    """Causal attention model FLOPs to train on one token: `attended` / 2 pairs per layer, a
+    forward and a backward of twice it, which is 6 x layers x q_heads x head_dim x `attended`
+    (PaLM's 12 L H Dh S halved for the causal mask; `attended` is the sequence length for one
+    document a row, `attended_length` for packed documents)."""
+    return config.num_layers * attention_flops(attended / 2, config.num_q_heads, config.head_dim, passes=3)
 
 
 def train_flops_per_token(config: ModelConfig, attended: float) -> float:
     """Model FLOPs to train on one token (no rematerialisation counted): 6 x matmul parameters
     plus causal attention over `attended` keys (see `attention_flops_per_token`).
 
-    The one FLOPs formula of this repository: the trainer's MFU, analyses/bench_train.py,
-    analyses/ring_vs_ulysses.py and hloscope's speed model use it."""
+    The trainer's MFU, analyses/bench_train.py and analyses/ring_vs_ulysses.py use it."""
     return 6.0 * matmul_parameters(config) + attention_flops_per_token(config, attended)
 
 

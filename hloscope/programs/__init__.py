@@ -2,22 +2,21 @@
 
 A program is a builder, `build(mesh, **options) -> (fn, args)`: `fn` is the function to compile
 (or an already jitted one, which keeps its shardings and `donate_argnums`) and `args` its
-arguments as `jax.ShapeDtypeStruct`s (with shardings on `mesh`) or arrays. The built-in programs
+arguments as `jax.ShapeDtypeStruct`s (with shardings on `mesh`) or arrays; a third element, a
+JSON-able dict of what it built, goes into the profile (`source.built`). The built-in programs
 are builders like any user's, registered here by a short name and imported only when named, so
 `import hloscope` never loads reftrain, flax or optax:
 
 - `attention`: our ring attention's gradient; `paper-attention`: the paper codebase's structure;
 - `layer` and `train-step`: reftrain's decoder layer and whole optimizer step for a preset.
 
-Nothing in this file imports jax.
+Nothing in this file imports jax or reftrain.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
-
-from hloscope.programs.attention_shape import AttentionShape
 
 
 @dataclass(frozen=True)
@@ -101,21 +100,4 @@ def import_object(spec: str) -> Any:
         raise AttributeError(f"module {module_name!r} has no attribute {attribute!r}") from None
 
 
-def program_options(name: str, **values: Any) -> Any:
-    """Returns a built-in program's options dataclass from `values` (None means the default)."""
-    if name not in BUILTIN_PROGRAMS:
-        raise ValueError(f"unknown program {name!r}; built-in programs: {', '.join(sorted(BUILTIN_PROGRAMS))}")
-    options_class = import_object(BUILTIN_PROGRAMS[name].options)
-    known = {f.name for f in fields(options_class)}
-    return options_class(**{k: v for k, v in values.items() if k in known and v is not None}).resolved()
-
-
-def lower_program(devices, program: str, mesh: dict[str, int] | None = None, **options: Any):
-    """Returns the jax.stages.Lowered program over `devices` (what the compile worker runs)."""
-    from hloscope._lower import lower
-
-    return lower(devices, program, options, mesh)
-
-
-__all__ = ["BUILTIN_PROGRAMS", "AttentionShape", "BuiltinProgram", "builder_spec", "import_object",
-           "lower_program", "program_options"]
+__all__ = ["BUILTIN_PROGRAMS", "BuiltinProgram", "builder_spec", "import_object"]

@@ -1,8 +1,12 @@
-"""The options of the `attention` and `paper-attention` programs (no jax, no reftrain here)."""
+"""The options of the `attention` and `paper-attention` programs (no jax here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from reftrain.execution import Execution
+
+_RUNS = Execution()  # reftrain's defaults, written there once
 
 
 @dataclass(frozen=True)
@@ -17,8 +21,8 @@ class AttentionShape:
     kv_heads: int = 8
     head_dim: int = 128
     dtype: str = "bfloat16"
-    document_block: int = 16384  # cuDNN with documents: blocks of a shard with itself (0: one call)
-    kernel: str = "auto"  # reftrain's attention kernel; auto: cuDNN for a GPU target, else xla
+    document_block: int = _RUNS.document_block  # cuDNN with documents: blocks of a shard with itself (0: one call)
+    kernel: str = _RUNS.attention_kernel  # reftrain's attention kernel; auto: cuDNN for a GPU target, else xla
 
     def resolved(self) -> "AttentionShape":
         """Returns a copy with kv_chunk filled in."""

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hloscope.speed import FIT_PATH, SpeedFit, StepWork, load_fit
+from hloscope.programs.train_step_speed import FIT_PATH, SpeedFit, StepWork, load_fit
 from tests.analyses.conftest import REPO
 
 

@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 
 from hloscope import cli
 from hloscope.profiling import profile_program
-from hloscope.programs import lower_program
+from hloscope._lower import lower
 from hloscope.programs.model_step import ModelStepShape
-from hloscope.search import candidates
-from hloscope.search_cli import REMAT_OPTIONS
-from hloscope.speed import predicted_seconds
+from hloscope.programs.train_step_search import REMAT_OPTIONS, TrainStepSpace, candidates
+from hloscope.programs.train_step_speed import predicted_seconds
 from hloscope.targets import get_target
 from reftrain import run as reftrain_run
-from reftrain.config import EXECUTION_FIELDS, get_config
+from reftrain.config import get_config
+from reftrain.execution import EXECUTION_FIELDS, REMAT_POLICIES
 
 SEARCH = ["search", "--model", "tiny", "--seq", "2048", "--devices", "8", "--target", "cpu", "--memory", "2GB",
           "--q-chunks", "64,128", "--kv-chunks", "128", "--remat", "full", "--jobs", "1",
@@ -36,7 +36,7 @@ def private_cache(tmp_path, monkeypatch):
 def test_candidates_divide_the_local_length(local):
     found = candidates({1: local}, REMAT_OPTIONS)
     assert all(local % c.q_chunk == 0 and local % c.kv_chunk == 0 and c.kv_chunk >= c.q_chunk for c in found)
-    assert not found or {c.remat for c in found} == set(REMAT_OPTIONS)
+    assert not found or {c.remat_policy for c in found} == set(REMAT_OPTIONS)
 
 
 @given(local=st.sampled_from([4096, 16384, 65536]), tp=st.sampled_from([1, 2, 4]))
@@ -59,7 +59,8 @@ def test_search_writes_a_plan_that_reftrain_trains_with(tmp_path, capsys):
     execution = written["execution"]
     assert execution["q_chunk"] in (64, 128) and execution["remat_policy"] == "full"
     # the execution of the step that was compiled, all of it, so that reftrain runs that step
-    assert set(execution) == set(EXECUTION_FIELDS) and execution["compute_dtype"] == "bfloat16"
+    # (float32 for a cpu target: what reftrain runs on a CPU host, reftrain.setup.resolve)
+    assert set(execution) == set(EXECUTION_FIELDS) and execution["compute_dtype"] == "float32"
     assert 0 < written["predicted"]["xla_total"] < 0.9 * 2e9
 
     # Cached: the same search compiles nothing and says so.
@@ -98,9 +99,9 @@ def test_bad_search_flags_exit_2(capsys):
 
 
 def test_train_step_figure_matches_xla_memory_analysis():
-    shape = ModelStepShape(model="tiny", seq=2048, q_chunk=64, kv_chunk=128)
+    shape = ModelStepShape.from_options(model="tiny", seq=2048, q_chunk=64, kv_chunk=128)
     profile = profile_program("train-step", shape, target="cpu", devices=8)
-    stats = lower_program(jax.devices(), "train-step", **asdict(shape)).compile().memory_analysis()
+    stats = lower(jax.devices(), "train-step", asdict(shape)).compile().memory_analysis()
     ours = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
     assert profile["figures"]["xla_total"] == ours
     assert stats.alias_size_in_bytes > 0, "the train state must be donated"
@@ -140,10 +141,6 @@ def test_speed_model_counts_documents_and_their_calls():
 
 
 def test_speed_model_knows_every_remat_policy_and_what_each_skips():
-    from hloscope.speed import RECOMPUTED
-    from reftrain.config import REMAT_POLICIES
-
-    assert set(RECOMPUTED) == set(REMAT_POLICIES)
     config, target = get_config("mistral-7b"), get_target("a100-80gb")
     mesh = {"dp": 1, "fsdp": 1, "tp": 1, "sp": 8}
     seconds = {p: predicted_seconds(config.replace(remat_policy=p), 524_288, mesh, target) for p in REMAT_POLICIES}
@@ -160,28 +157,28 @@ def test_search_compiles_fastest_first_prunes_what_cannot_fit_and_skips_what_is_
     weight = {"full": 1, "save_attention": 2, "save_dots_attention": 3}
     compiled = []
 
-    def fake_evaluate(shape, target, devices, budget, margin, **_):
-        c = search.Candidate(shape.q_chunk, shape.kv_chunk, shape.remat, shape.document_block, shape.tp, shape.layout)
+    def fake_evaluate(space, c, target, devices, budget, margin, **_):
         compiled.append(c)
-        total = weight[c.remat] * (2 if c.document_block == 0 else 1)
+        total = weight[c.remat_policy] * (2 if c.document_block == 0 else 1)
         return search.Outcome(c, "ok", figures={"xla_total": total}, fits=total <= budget,
-                              headroom_bytes=budget - total, predicted_s=search.predict(shape, target, devices))
+                              headroom_bytes=budget - total, predicted_s=space.predicted_seconds(c))
 
     monkeypatch.setattr(search, "evaluate", fake_evaluate)
     base = ModelStepShape(model="mistral-7b", seq=65_536, layers=8)
-    cands = candidates({1: 65_536}, tuple(weight), blocks=(16384, 0), cudnn=True)
-    outcomes = {(o.candidate.remat, o.candidate.document_block): o.status
-                for o in search.run_search(base, "h200-141gb", 1, cands, budget=2, margin=0.0)}
-    assert [(c.remat, c.document_block) for c in compiled] == [("save_dots_attention", 16384), ("save_attention", 16384)]
+    space = TrainStepSpace(base, "h200-141gb", 1, candidates({1: 65_536}, tuple(weight), blocks=(16384, 0), cudnn=True))
+    outcomes = {(o.candidate.remat_policy, o.candidate.document_block): o.status
+                for o in search.run_search(space, "h200-141gb", 1, budget=2, margin=0.0, order=space.order)}
+    assert [(c.remat_policy, c.document_block) for c in compiled] == [("save_dots_attention", 16384), ("save_attention", 16384)]
     assert outcomes[("save_dots_attention", 0)] == "pruned" and outcomes[("save_attention", 16384)] == "ok"
     assert outcomes[("full", 16384)] == outcomes[("full", 0)] == outcomes[("save_attention", 0)] == "skipped"
 
 
-def test_every_remat_policy_has_a_place_in_the_memory_order():
-    from hloscope.search import MEMORY_ORDER
-    from reftrain.config import REMAT_POLICIES
-
-    assert sorted(MEMORY_ORDER) == sorted(REMAT_POLICIES)
+def test_a_policy_that_keeps_more_needs_at_least_the_memory_of_one_that_keeps_less():
+    space = TrainStepSpace(ModelStepShape(model="tiny", seq=2048), "cpu", 8, [])
+    c = {p: candidates({1: 256}, (p,), (64,), (128,))[0] for p in REMAT_POLICIES}
+    for i, lighter in enumerate(REMAT_POLICIES):
+        assert all(space.needs_at_least(c[heavier], c[lighter]) for heavier in REMAT_POLICIES[i:])
+        assert not any(space.needs_at_least(c[lighter_still], c[lighter]) for lighter_still in REMAT_POLICIES[:i])
 
 
 def test_max_seq_finds_the_longest_length_and_writes_its_plan(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""hloscope.speed counts the cuDNN calls, and the slots they pad, that reftrain's kernel makes.
+"""hloscope.programs.train_step_speed counts the cuDNN calls, and the slots they pad, that reftrain's kernel makes.
 
 The oracle is the kernel itself: our cuDNN kernel around the CPU double of cuDNN's primitives,
 each primitive reporting from inside the compiled step (`jax.debug.callback`) how many slots it
@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hloscope.speed import _cudnn_calls
+from hloscope.programs.train_step_speed import _cudnn_calls
 from reftrain.attention import _ring, blockwise_attention
 from reftrain.attention._cudnn import Primitives, cudnn_kernel
 from reftrain.config import get_config

@@ -1,4 +1,5 @@
-"""A model of one training step's time, fitted to steps measured on an H200, to rank candidates.
+"""A model of reftrain's training step's time, fitted to steps measured on an H200, to rank the
+train-step search's candidates (hloscope.programs.train_step_search).
 
 XLA:GPU compiled deviceless reports no cost analysis, so hloscope counts the work of the busiest
 device and prices it with coefficients fitted to measured steps (`speed_fit.json` beside this
@@ -9,13 +10,11 @@ file, written by `analyses/fit_speed_model.py` from `analyses/bench_train.py` ro
            per padded element + fixed seconds
 
 * matmul FLOPs: 6 x matmul parameters x tokens per device (forward 2, backward 4), plus 2 x the
-  forward matmuls a remat policy runs again in the backward (RECOMPUTED names them: a layer's
-  backward needs q, k, v for attention's gradient and h = x + o(attention) for the MLP's
-  norm, so full remat recomputes every projection but `down`, whose output only feeds the
-  residual).
-* attention FLOPs: 4 x query heads x head_dim per attended (query, key) pair forward, the
-  forward again where the policy does not keep attention's output, 2.5x the forward for the
-  backward (five matmuls to the forward's two). cuDNN skips masked tiles, so the pairs are the
+  forward matmuls a remat policy runs again in the backward (reftrain.execution.REMAT names
+  them).
+* attention FLOPs (reftrain.flops.attention_flops): 4 x query heads x head_dim per attended
+  (query, key) pair forward, the forward again where the policy does not keep attention's
+  output, BACKWARD_OVER_FORWARD (2.5) forwards for the backward. cuDNN skips masked tiles, so the pairs are the
   causal ones, within documents where the row holds documents; the busiest device of a
   contiguous ring sees sp - 1 whole shards and its own diagonal. Our XLA kernel computes whole
   (q_chunk, kv_chunk) blocks and skips only blocks the causal mask hides entirely; each block
@@ -46,22 +45,11 @@ import numpy as np
 
 from reftrain.attention import resolve_kernel
 from reftrain.config import ModelConfig
-from reftrain.flops import peak_flops_of_kind, projection_parameters
+from reftrain.execution import REMAT, fit_chunk
+from reftrain.flops import (BACKWARD_OVER_FORWARD, attention_flops, matmul_parameters, peak_flops_of_kind,
+                            projection_parameters)
 
-# Per remat policy (reftrain.remat): the projections whose forward the backward runs again,
-# and whether attention's forward runs again.
-_ALL_BUT_DOWN = ("q", "k", "v", "o", "gate", "up")
-RECOMPUTED = {
-    "full": (_ALL_BUT_DOWN, True),
-    "offload_layer_inputs": (_ALL_BUT_DOWN, True),
-    "save_attention": (_ALL_BUT_DOWN, False),
-    "save_qkv_attention": (("o", "gate", "up"), False),
-    "save_dots": ((), True),  # attention is a cuDNN call or loops, not a dot
-    "save_dots_attention": ((), False),
-    "none": ((), False),
-}
 CPU_PEAK_FLOPS = 1e11  # targets without a datasheet peak (reftrain/flops.py has the GPUs')
-BACKWARD_OVER_FORWARD = 2.5
 XLA_BLOCK_SECONDS = 5e-6
 FIT_PATH = Path(__file__).with_name("speed_fit.json")
 
@@ -117,11 +105,9 @@ def step_work(config: ModelConfig, seq: int, mesh: dict[str, int], device_kind: 
     sp, tp = mesh["sp"], mesh["tp"]
     devices = math.prod(mesh.values())
     local = seq // sp
-    projections = projection_parameters(c)  # reftrain's one parameter formula
-    again, attention_again = RECOMPUTED[c.remat_policy]
-    layer_tokens = c.num_layers * seq / devices
-    matmul = (6 * sum(projections.values()) + 2 * sum(projections[name] for name in again)) * layer_tokens
-    matmul += 6 * c.hidden_size * c.vocab_size * seq / devices  # the output head (not rematerialised)
+    projections, policy = projection_parameters(c), REMAT[c.remat_policy]  # reftrain's one parameter formula
+    recomputed = c.num_layers * sum(projections[name] for name in policy.recomputed)  # the head is not rematerialised
+    matmul = (6 * matmul_parameters(c) + 2 * recomputed) * seq / devices
     cudnn = resolve_kernel(c.attention_kernel, platform) == "cudnn"
     packed = documents is not None or padding > 0
     lengths = list(documents) if documents is not None else [seq - padding]
@@ -140,9 +126,9 @@ def step_work(config: ModelConfig, seq: int, mesh: dict[str, int], device_kind: 
             blocks = math.ceil((sp * (sp - 1) // 2 * (local // c.q_chunk) * (local // c.kv_chunk)
                                 + sp * _diagonal_blocks(local, c.q_chunk, c.kv_chunk)) / sp)
         pairs, calls_per_pass, padded = blocks * c.q_chunk * c.kv_chunk, 0, 0
-    passes = 1 + (1 if attention_again else 0) + BACKWARD_OVER_FORWARD
+    passes = 1 + (1 if policy.recomputes_attention else 0) + BACKWARD_OVER_FORWARD
     heads = c.num_q_heads / tp
-    attention = 4 * pairs * heads * c.head_dim * passes * c.num_layers
+    attention = c.num_layers * attention_flops(pairs, heads, c.head_dim, passes)
     calls = int(calls_per_pass * c.num_layers * (passes - BACKWARD_OVER_FORWARD + 1))
     peak = peak_flops_of_kind(device_kind) or CPU_PEAK_FLOPS
     return StepWork(matmul, attention, calls, peak, blocks * c.num_layers, padded * heads * c.head_dim * c.num_layers)
@@ -170,7 +156,7 @@ def _cudnn_calls(c: ModelConfig, local: int, sp: int, lengths: list[int] | None)
     ends = np.cumsum(lengths)
     starts = ends - np.asarray(lengths)
     slots = c.max_documents
-    block = math.gcd(c.document_block, local) if c.document_block and local > c.document_block else local
+    block = fit_chunk(c.document_block, local) if c.document_block and local > c.document_block else local
     busiest = (0, 0)
     for shard in range(sp):
         base, calls, padded = shard * local, 0, 0
