@@ -8,7 +8,6 @@ folder first on sys.path.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, when not pip-installed
 
 from reftrain.files import atomic_write_bytes  # noqa: E402
+from reftrain.files import write_json as write_json_file  # noqa: E402
 
 if TYPE_CHECKING:  # plotly is imported by the scripts that plot; the GPU host may lack it
     import plotly.graph_objects as go
@@ -97,8 +97,28 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]], console: 
     (console or Console(width=160)).print(table)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(payload, indent=1, default=str) + "\n").encode())
+def write_json(path: Path, payload: dict[str, Any], indent: int | None = 1) -> None:
+    write_json_file(path, payload, indent=indent, default=str)
+
+
+def compile_all(name: str, jobs: list[tuple[str, Callable[[], dict]]],
+                failures: tuple[type[BaseException], ...]) -> list[dict] | int:
+    """Runs each (label, compile) in order and prints its compile time; returns the results, or
+    after one line on stderr the exit code: 2 without the gpu-aot extra, 1 on one of `failures`."""
+    from hloscope.targets import MissingGpuAotError
+
+    results = []
+    try:
+        for label, compile_one in jobs:
+            results.append(compile_one())
+            print(f"compiled {label}: {results[-1]['compile_wall_s']} s", flush=True)
+    except MissingGpuAotError as error:
+        print(f"{name}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except failures as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    return results
 
 
 def save_figure(figure: go.Figure, out_dir: Path, name: str, *, width: int = 1000, height: int = 560) -> dict[str, str]:

@@ -32,11 +32,11 @@ import time
 import numpy as np
 import plotly.graph_objects as go
 
-from _common import Claim, parse_args, print_claims, print_table, save_figure, write_json
+from _common import Claim, compile_all, parse_args, print_claims, print_table, save_figure, write_json
 
 from hloscope.profiling import CompileFailed, profile_program
 from hloscope.programs.attention_shape import AttentionShape
-from hloscope.targets import MissingGpuAotError, UnknownTargetError, get_target
+from hloscope.targets import UnknownTargetError, get_target
 
 NAME = "appendix_a"
 GIB = 2**30
@@ -174,20 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         [(chunks[0], chunks[0]), (PAPER["q_chunk"], PAPER["kv_chunk"]), FIX, (chunks[-1], chunks[-1])]
 
     started = time.perf_counter()
-    compiled, ours = {}, []
-    try:
-        for q, kv in paper_cells:
-            compiled[(q, kv)] = paper_cell(args.seq, args.devices, args.target, q, kv)
-            print(f"compiled paper-attention {q}/{kv}: {compiled[(q, kv)]['compile_wall_s']} s", flush=True)
-        for q, kv in ours_cells:
-            ours.append(ours_cell(args.seq, args.devices, args.target, q, kv))
-            print(f"compiled attention (ours) {q}/{kv}: {ours[-1]['compile_wall_s']} s", flush=True)
-    except MissingGpuAotError as error:
-        print(f"{NAME}: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except CompileFailed as error:
-        print(f"{NAME}: {error}", file=sys.stderr)
-        return 1
+    cell = lambda build, q, kv: lambda: build(args.seq, args.devices, args.target, q, kv)
+    results = compile_all(NAME, [(f"paper-attention {q}/{kv}", cell(paper_cell, q, kv)) for q, kv in paper_cells]
+                          + [(f"attention (ours) {q}/{kv}", cell(ours_cell, q, kv)) for q, kv in ours_cells], (CompileFailed,))
+    if isinstance(results, int):
+        return results
+    compiled, ours = dict(zip(paper_cells, results[:len(paper_cells)])), results[len(paper_cells):]
     wall = time.perf_counter() - started
     mismatched = [cell for cell in compiled.values() if not cell["matches_formula"]]
     if mismatched:  # the formula is what fills the cells we did not compile: it must hold where we did

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     grant_memory(None, cpu=False)
 
-    from reftrain.files import atomic_write_bytes
+    from reftrain.files import atomic_write_bytes, write_json
 
     rows, meta = [], {}
     for length in args.lengths:
@@ -202,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.extend(result["rows"])
                 meta = {"device": result["device"], "jax": result["jax"]}
             # Each case as it finishes: a run cut short keeps what it measured.
-            atomic_write_bytes(args.out_dir / f"{args.name}.partial.json", json.dumps({"rows": rows}).encode())
+            write_json(args.out_dir / f"{args.name}.partial.json", {"rows": rows}, indent=None)
     _ratios(rows)
     table = _markdown(rows)
     print(table)
     command = "python analyses/bench_attention.py " + " ".join(argv or sys.argv[1:])
     report = {"command": command.strip(), **meta, "rows": rows}
-    atomic_write_bytes(args.out_dir / f"{args.name}.json", (json.dumps(report, indent=1) + "\n").encode())
+    write_json(args.out_dir / f"{args.name}.json", report, indent=1)
     atomic_write_bytes(args.out_dir / f"{args.name}.md", f"`{command.strip()}` on {meta.get('device')}\n\n{table}".encode())
     (args.out_dir / f"{args.name}.partial.json").unlink(missing_ok=True)
     return 0

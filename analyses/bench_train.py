@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < 0 or n * 128 > min(args.lengths) for n in args.documents):
         print(f"bad --documents {args.documents}: each from 0 to the shortest length / 128", file=sys.stderr)
         return 2
-    from reftrain.files import atomic_write_bytes
+    from reftrain.files import write_json
 
     rows = []
     for length in args.lengths:
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_isolated([__file__, "--one", json.dumps(case)], case, timeout=args.timeout)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                atomic_write_bytes(args.out_dir / f"{args.name}.partial.json", json.dumps({"rows": rows}).encode())
+                write_json(args.out_dir / f"{args.name}.partial.json", {"rows": rows}, indent=None)
     _write(rows, args.out_dir, args.name)
     (args.out_dir / f"{args.name}.partial.json").unlink(missing_ok=True)
     return 0
@@ -221,7 +221,7 @@ def _rescore(path: Path) -> int:
 
 
 def _write(rows: list[dict], out_dir: Path, name: str) -> None:
-    from reftrain.files import atomic_write_bytes
+    from reftrain.files import atomic_write_bytes, write_json
 
     # The yardstick per length: the faster anchor run that fit (what a careful user would pick).
     anchors = {}
@@ -247,7 +247,7 @@ def _write(rows: list[dict], out_dir: Path, name: str) -> None:
                      f"{r['adamw_update_s']:.3f} | {r['peak_bytes'] / 2**30:.1f} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    atomic_write_bytes(out_dir / f"{name}.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
+    write_json(out_dir / f"{name}.json", {"rows": rows}, indent=1)
     atomic_write_bytes(out_dir / f"{name}.md", table.encode())
 
 

@@ -25,13 +25,13 @@ from dataclasses import asdict
 import numpy as np
 import plotly.graph_objects as go
 
-from _common import Claim, parse_args, print_claims, print_table, save_figure, write_json
+from _common import Claim, compile_all, parse_args, print_claims, print_table, save_figure, write_json
 
 from hloscope.compile import CompileRequest, compile_in_worker
 from hloscope.hlo import parse_module
 from hloscope.profiling import analyse
 from hloscope.programs.model_step import ModelStepShape
-from hloscope.targets import MissingGpuAotError, UnknownTargetError, get_target
+from hloscope.targets import UnknownTargetError, get_target
 from hloscope.trace import prealloc_bytes, walk_schedule
 
 NAME = "fig2_prealloc"
@@ -192,17 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started = time.perf_counter()
-    cases = []
-    try:
-        for attention, q, kv in CASES:
-            cases.append(profile_case(attention, q, kv, args))
-            print(f"compiled {attention} {q}/{kv}: {cases[-1]['compile_wall_s']} s", flush=True)
-    except MissingGpuAotError as error:
-        print(f"{NAME}: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:
-        print(f"{NAME}: {error}", file=sys.stderr)
-        return 1
+    case = lambda attention, q, kv: lambda: profile_case(attention, q, kv, args)
+    cases = compile_all(NAME, [(f"{attention} {q}/{kv}", case(attention, q, kv)) for attention, q, kv in CASES], (RuntimeError,))
+    if isinstance(cases, int):
+        return cases
     wall = time.perf_counter() - started
     by = {(c["attention"], c["q_chunk"], c["kv_chunk"]): c for c in cases}
     p_small, p_large = by[("paper", *SMALL)], by[("paper", *LARGE)]

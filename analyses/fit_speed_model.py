@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(table))
     print(summary)
     if args.write_fit:
-        atomic_write_bytes(FIT_PATH, (json.dumps(coefficients.__dict__, indent=1) + "\n").encode())
+        write_json(FIT_PATH, coefficients.__dict__, indent=1)
         print(f"wrote {FIT_PATH}")
     return 0
 

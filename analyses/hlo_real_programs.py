@@ -31,11 +31,6 @@ sys.path.insert(0, os.path.join(_HERE, ".."))
 
 # --- builders (run in the compile worker) ------------------------------------------------------
 
-def _abstract(tree):
-    import jax
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-
-
 def _grad_builder(model, x):
     """(grad of the model's mean output wrt its params, abstract params and input)."""
     import jax

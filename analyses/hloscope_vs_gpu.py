@@ -60,7 +60,7 @@ TARGETS = {"deviceless_vs_real_compile": 0.03, "prediction_vs_measured_peak": 0.
 
 def predict(out_dir: Path) -> int:
     from hloscope.profiling import profile_program
-    from reftrain.files import atomic_write_bytes
+    from reftrain.files import write_json
 
     rows = []
     for label, program, options in CASES:
@@ -68,7 +68,7 @@ def predict(out_dir: Path) -> int:
         rows.append({"label": label, "program": program, "options": options, "figures": profile["figures"],
                      "memory_analysis": profile["memory_analysis"], "versions": profile["versions"]})
         print(label, f"xla_total {profile['figures']['xla_total'] / 2**30:.3f} GiB", flush=True)
-    atomic_write_bytes(out_dir / "hloscope_vs_gpu_predicted.json", (json.dumps({"target": TARGET, "rows": rows}, indent=1) + "\n").encode())
+    write_json(out_dir / "hloscope_vs_gpu_predicted.json", {"target": TARGET, "rows": rows}, indent=1)
     return 0
 
 
@@ -143,7 +143,7 @@ def _here(row: dict) -> str:
 
 
 def measure(out_dir: Path, predicted_path: Path, only: list[str] | None = None, hlo_dir: Path | None = None) -> int:
-    from reftrain.files import atomic_write_bytes
+    from reftrain.files import atomic_write_bytes, write_json
     from reftrain.memory import grant_memory
 
     predicted = {r["label"]: r for r in json.loads(predicted_path.read_text())["rows"]}
@@ -176,7 +176,7 @@ def measure(out_dir: Path, predicted_path: Path, only: list[str] | None = None, 
                    runtime_excess_bytes=row["peak_bytes_in_use"] - real)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        atomic_write_bytes(out_dir / "hloscope_vs_gpu.partial.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
+        write_json(out_dir / "hloscope_vs_gpu.partial.json", {"rows": rows}, indent=1)
     lines = ["| program | deviceless xla_total | real-compile xla_total | measured peak | deviceless / real - 1 | "
              "prediction / peak - 1 | peak - real compile | default flags: real compile, peak, step s vs hloscope's | "
              "deviceless on the GPU host |",
@@ -203,7 +203,7 @@ def measure(out_dir: Path, predicted_path: Path, only: list[str] | None = None, 
     table = "\n".join(lines) + "\n"
     print(table)
     payload = {"target": TARGET, "targets": TARGETS, "rows": rows}
-    atomic_write_bytes(out_dir / "hloscope_vs_gpu.json", (json.dumps(payload, indent=1) + "\n").encode())
+    write_json(out_dir / "hloscope_vs_gpu.json", payload, indent=1)
     atomic_write_bytes(out_dir / "hloscope_vs_gpu.md", table.encode())
     return 0
 

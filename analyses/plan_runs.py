@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "analyses" / "results")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from reftrain.files import atomic_write_bytes
+    from reftrain.files import atomic_write_bytes, write_json
 
     rows = []
     for plan in args.plans:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     table = _table(rows)
     print(table)
-    atomic_write_bytes(args.out_dir / "plan_runs.json", (json.dumps({"rows": rows}, indent=1) + "\n").encode())
+    write_json(args.out_dir / "plan_runs.json", {"rows": rows}, indent=1)
     atomic_write_bytes(args.out_dir / "plan_runs.md", table.encode())
     return 0
 

@@ -133,7 +133,7 @@ def _add_call(run_dir: Path, seconds: float, done: list[str]) -> None:
     path = run_dir / "recipe.json"
     state = json.loads(path.read_text()) if path.exists() else {"calls": []}
     state["calls"].append({"seconds": round(seconds, 1), "done": done})
-    atomic_write_bytes(path, (json.dumps(state, indent=1) + "\n").encode())
+    write_json(path, state, indent=1)
 
 
 def collect(args) -> dict:

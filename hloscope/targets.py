@@ -65,37 +65,21 @@ def _config(file_name: str) -> str:
     return resources.files("hloscope").joinpath("target_configs", file_name).read_text()
 
 
+def _gpu(name: str, device_kind: str, memory_bytes: int) -> Target:
+    """A deviceless XLA:GPU target, its GpuTargetConfigProto shipped as target_configs/<name>.txtpb."""
+    return Target(name=name, platform="cuda", device_kind=device_kind, memory_bytes=memory_bytes,
+                  config_text=_config(name.replace("-", "_") + ".txtpb"))
+
+
 TARGETS: dict[str, Target] = {
     "cpu": Target(name="cpu", platform="cpu", device_kind="cpu", memory_bytes=None, config_text=None,
                   runtime_overhead_bytes=0),
-    "a100-80gb": Target(
-        name="a100-80gb",
-        platform="cuda",
-        device_kind="NVIDIA A100-SXM4-80GB",
-        memory_bytes=85_100_068_864,
-        config_text=_config("a100_80gb.txtpb"),
-    ),
-    "h100-80gb": Target(
-        name="h100-80gb",
-        platform="cuda",
-        device_kind="NVIDIA H100 80GB HBM3",
-        memory_bytes=84_929_347_584,
-        config_text=_config("h100_80gb.txtpb"),
-    ),
-    "h200-141gb": Target(
-        name="h200-141gb",
-        platform="cuda",
-        device_kind="NVIDIA H200",
-        memory_bytes=150_754_820_096,
-        config_text=_config("h200_141gb.txtpb"),
-    ),
-    "b200-180gb": Target(
-        name="b200-180gb",
-        platform="cuda",
-        device_kind="NVIDIA B200",
-        memory_bytes=191_514_411_008,
-        config_text=_config("b200_180gb.txtpb"),
-    ),
+    **{name: _gpu(name, kind, memory) for name, kind, memory in (
+        ("a100-80gb", "NVIDIA A100-SXM4-80GB", 85_100_068_864),
+        ("h100-80gb", "NVIDIA H100 80GB HBM3", 84_929_347_584),
+        ("h200-141gb", "NVIDIA H200", 150_754_820_096),
+        ("b200-180gb", "NVIDIA B200", 191_514_411_008),
+    )},
 }
 
 

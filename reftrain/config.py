@@ -139,28 +139,15 @@ class ModelConfig:
 ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig)
                             if f.name not in ("name", "rope_dtype", "execution"))
 
+# Mistral-7B-Instruct-v0.2, MegaBeam's base: theta 1e6, no sliding window.
+_MISTRAL_7B = ModelConfig(name="mistral-7b", vocab_size=32_000, hidden_size=4096, num_layers=32, num_q_heads=32,
+                          num_kv_heads=8, head_dim=128, intermediate_size=14_336)
 PRESETS: dict[str, ModelConfig] = {
-    # Mistral-7B-Instruct-v0.2, MegaBeam's base: theta 1e6, no sliding window.
-    "mistral-7b": ModelConfig(
-        name="mistral-7b",
-        vocab_size=32_000,
-        hidden_size=4096,
-        num_layers=32,
-        num_q_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        intermediate_size=14_336,
-    ),
+    "mistral-7b": _MISTRAL_7B,
     # Mistral-shaped (GQA 4:1, real vocabulary), 57M parameters (24M in its 8 layers): the recipe
     # in miniature on one GPU (issue 20; reftrain.phases' `small` phases, base stage at 2K).
-    "small": ModelConfig(
-        name="small",
-        vocab_size=32_000,
-        hidden_size=512,
-        num_layers=8,
-        num_q_heads=8,
-        num_kv_heads=2,
-        head_dim=64,
+    "small": _MISTRAL_7B.replace(
+        name="small", hidden_size=512, num_layers=8, num_q_heads=8, num_kv_heads=2, head_dim=64,
         intermediate_size=1536,
         execution=Execution(
             q_chunk=1024,
@@ -176,17 +163,8 @@ PRESETS: dict[str, ModelConfig] = {
         ),
     ),
     # Mistral-shaped (GQA 4:1, real vocabulary) and small enough to train on 2 CPU cores.
-    "tiny": ModelConfig(
-        name="tiny",
-        vocab_size=32_000,
-        hidden_size=256,
-        num_layers=2,
-        num_q_heads=8,
-        num_kv_heads=2,
-        head_dim=32,
-        intermediate_size=704,
-        execution=Execution(q_chunk=256, kv_chunk=256, loss_chunk=256),
-    ),
+    "tiny": _MISTRAL_7B.replace(name="tiny", hidden_size=256, num_layers=2, num_q_heads=8, num_kv_heads=2, head_dim=32,
+                                intermediate_size=704, execution=Execution(q_chunk=256, kv_chunk=256, loss_chunk=256)),
 }
 
 

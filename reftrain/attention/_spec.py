@@ -13,7 +13,7 @@ from jax import lax
 
 from reftrain.execution import ATTENTION_KERNELS as KERNELS
 from reftrain.execution import SEQUENCE_LAYOUTS as LAYOUTS
-from reftrain.execution import Execution, fit_chunk
+from reftrain.execution import Execution
 
 #: The defaults of every attention entry point: reftrain.execution's, written there once.
 DEFAULT = Execution()

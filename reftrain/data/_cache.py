@@ -60,6 +60,15 @@ def new_tmp_dir(parent: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
 
 
+def check_same_iterator(what: str, saved: dict, current: dict, ignore: tuple[str, ...] = ("step",)) -> None:
+    """Raises DataError naming the first setting in which a saved iterator state (`saved`)
+    differs from this iterator's (`current`), the keys in `ignore` apart: a resume that would
+    continue another stream."""
+    for key, value in current.items():
+        if key not in ignore and saved.get(key) != value:
+            raise DataError(f"{what} state has {key}={saved.get(key)!r}, this iterator {value!r}")
+
+
 def check_host_split(batch_size: int, host_index: int, host_count: int) -> None:
     """Raises DataError unless a global batch of `batch_size` rows splits evenly over `host_count`
     hosts and `host_index` is one of them (every batch iterator's contract)."""

@@ -127,13 +127,6 @@ def tokenized_source(source: Source, tokenizer: Tokenizer, *, use_cache: bool = 
     return corpus
 
 
-def cached_meta(source: Source, tokenizer: Tokenizer) -> dict | None:
-    """Returns the cache entry's meta.json (tokenize timings included), or None if not cached."""
-    key = sha256_bytes(f"{CORPUS_FORMAT}\0{tokenizer.sha256}\0{source.fingerprint()}".encode())[:32]
-    meta = cache_dir() / "corpora" / key / "meta.json"
-    return json.loads(meta.read_text()) if meta.exists() else None
-
-
 def join_corpora(name: str, parts: list[Corpus]) -> Corpus:
     """Returns one Corpus with the documents of `parts` in order (no copy for a single part)."""
     if len(parts) == 1:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from reftrain.data._cache import DataError, check_host_split
+from reftrain.data._cache import DataError, check_host_split, check_same_iterator
 from reftrain.data._corpus import Corpus, join_corpora, tokenized_source
 from reftrain.data._packing import Piece, StreamPacker, row_arrays
 from reftrain.data._spec import DataSpec
@@ -98,10 +98,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
 
     def set_state(self, state: dict) -> None:
         """Restores a state from `get_state()` of an iterator with the same spec, seed and shapes."""
-        mine = self._identity()
-        for key, value in mine.items():
-            if state.get(key) != value:
-                raise DataError(f"iterator state has {key}={state.get(key)!r}, this iterator {value!r}")
+        check_same_iterator("iterator", state, self._identity(), ignore=())
         self.packer.set_state(state)
         self.step = int(state["step"])
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reftrain.data._cache import DataError, check_host_split
+from reftrain.data._cache import DataError, check_host_split, check_same_iterator
 from reftrain.data._corpus import Corpus
 from reftrain.data._qa_pairs import KNOWN_QA_KINDS, QA_KINDS, QAPair, compatible, draw_pair
 from reftrain.data._tokenizer import Tokenizer, load_tokenizer
@@ -158,9 +158,7 @@ class QABatchIterator(Iterator[dict[str, np.ndarray]]):
                 "seq_len": self.seq_len, "step": self.step}
 
     def set_state(self, state: dict) -> None:
-        for key, value in self.get_state().items():
-            if key != "step" and state.get(key) != value:
-                raise DataError(f"QA iterator state has {key}={state.get(key)!r}, this iterator {value!r}")
+        check_same_iterator("QA iterator", state, self.get_state())
         self.step = int(state["step"])
 
     def sample(self, index: int) -> QASample:

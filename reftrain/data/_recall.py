@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reftrain.data._cache import DataError, check_host_split
+from reftrain.data._cache import DataError, check_host_split, check_same_iterator
 from reftrain.data._corpus import Corpus
 from reftrain.data._tokenizer import Tokenizer
 
@@ -269,9 +269,7 @@ class RecallBatchIterator(Iterator[dict[str, np.ndarray]]):
                 "seq_len": self.seq_len, "warmup_rows": self.warmup_rows, "step": self.step}
 
     def set_state(self, state: dict) -> None:
-        for key, value in self.get_state().items():
-            if key != "step" and state.get(key) != value:
-                raise DataError(f"recall iterator state has {key}={state.get(key)!r}, this iterator {value!r}")
+        check_same_iterator("recall iterator", state, self.get_state())
         self.step = int(state["step"])
 
     def difficulty(self, row: int) -> float:

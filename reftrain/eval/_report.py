@@ -6,10 +6,9 @@ reftrain.files.atomic_write_bytes, so a failed run never leaves a half-written f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from reftrain.files import atomic_write_bytes
+from reftrain.files import atomic_write_bytes, write_json
 
 SCHEMA = "reftrain.eval.niah/1"
 
@@ -74,7 +73,7 @@ def write_outputs(out_dir: Path, payload: dict, results: list[dict]) -> tuple[Pa
         html = heatmap_figure(results).to_html(include_plotlyjs=True).encode()
     except ImportError:
         html, html_path = None, None
-    atomic_write_bytes(json_path, (json.dumps(payload, indent=1) + "\n").encode())
+    write_json(json_path, payload, indent=1)
     if html is not None:
         atomic_write_bytes(html_path, html)
     return json_path, html_path

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from reftrain.config import ModelConfig
 from reftrain.data import DataSpec
-from reftrain.files import atomic_write_bytes
+from reftrain.files import atomic_write_bytes, write_json
 from reftrain.memory import MemoryGrant
 from reftrain.phases import Phase
 from reftrain.plan import Plan
@@ -168,10 +168,10 @@ class _Steps:
                        bytes_limit=self.limit, device_kind=self.kind, checkpoint=kept)
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    if jax.process_index() != 0:
-        return
-    atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+def _write_config(phase_dir: Path, value: dict) -> None:
+    """The phase's config.json, written whole by the first process only."""
+    if jax.process_index() == 0:
+        write_json(phase_dir / "config.json", value, indent=2, default=str)
 
 
 def _missing_dirs(phase_dir: Path) -> list[Path]:
@@ -232,7 +232,7 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
         print(f"phase {run.phase.number}: {start_info.line}", file=sys.stderr, flush=True)
     started_from = {"resume": f"resumed at step {start_info.step}", "random": "random initialisation"}.get(
         start_info.kind, start_info.source)
-    _write_json_atomic(run.phase_dir / "config.json", run.effective_config() | {
+    _write_config(run.phase_dir, run.effective_config() | {
         "total_steps": total, "started_from": started_from, "start": start_info.to_dict()})
     if run.run_config is not None and jax.process_index() == 0:
         atomic_write_bytes(run.phase_dir / "run.toml", Path(run.run_config).read_bytes())
@@ -250,7 +250,7 @@ def train_phase(run: PhaseRun) -> dict[str, Any]:
     if learned is not None and jax.process_index() == 0:  # the process that wrote config.json
         # The phase is finished here: the next phase chains this checkpoint, a resume does nothing.
         config = json.loads((run.phase_dir / "config.json").read_text())
-        _write_json_atomic(run.phase_dir / "config.json", config | {"total_steps": end, "stopped_early": learned})
+        _write_config(run.phase_dir, config | {"total_steps": end, "stopped_early": learned})
         print(f"phase {run.phase.number}: stopped at step {end} of {total}: the NIAH probe reached "
               f"{learned['probe_niah']:.2f} >= {learned['probe_stop']} twice in a row", file=sys.stderr, flush=True)
     return {

@@ -14,7 +14,7 @@ import pytest
 
 import hloscope
 import hloscope.testing
-from hloscope.programs import lower_program
+from hloscope._lower import lower
 from hloscope.targets import MissingGpuAotError, check_gpu_aot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def cpu_profile() -> hloscope.Profile:
 
 
 def test_xla_total_is_xla_memory_analysis_of_the_same_program(cpu_profile):
-    stats = lower_program(jax.devices()[:8], EXAMPLE, mesh=MESH, **SMALL).compile().memory_analysis()
+    stats = lower(jax.devices()[:8], EXAMPLE, SMALL, MESH).compile().memory_analysis()
     expected = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                 - stats.alias_size_in_bytes)
     assert cpu_profile.xla_total == expected

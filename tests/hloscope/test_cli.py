@@ -146,11 +146,10 @@ def test_our_attention_has_no_integer_table_before_optimization_either():
 
     from hloscope.findings import find_offenders
     from hloscope.hlo import parse_module
-    from hloscope.programs import lower_program
+    from hloscope._lower import lower
 
     assert os.environ["JAX_PLATFORMS"] == "cpu"
-    lowered = lower_program(jax.devices(), "attention", seq=8192, q_chunk=256, kv_chunk=512,
-                            q_heads=4, kv_heads=2, head_dim=16)
+    lowered = lower(jax.devices(), "attention", dict(seq=8192, q_chunk=256, kv_chunk=512, q_heads=4, kv_heads=2, head_dim=16))
     for text in (lowered.as_text(), lowered.compile().as_text()):
         findings = find_offenders(parse_module(text), min_bytes=1 << 16)
         assert not [f for f in findings if f.dtype.startswith(("s", "u"))], findings

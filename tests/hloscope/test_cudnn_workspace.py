@@ -9,7 +9,6 @@ from hypothesis import given, strategies as st
 
 from hloscope.cudnn_workspace import BACKWARD, FORWARD, backward_bytes, forward_bytes, modelled_bytes
 from hloscope.profiling import profile_program
-from hloscope.programs import program_options
 
 PROBE = Path(__file__).resolve().parents[2] / "analyses" / "results" / "cudnn_workspace_h100.json"
 
@@ -42,7 +41,7 @@ def test_model_reads_the_call_shapes(batch, documents, length, heads, dim):
 
 @pytest.mark.usefixtures("gpu_aot")
 def test_deviceless_compile_places_the_modelled_workspace():
-    options = program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024)
+    options = dict(seq=4096, q_chunk=1024, kv_chunk=1024)
     profile = profile_program("attention", options, target="h100-80gb", devices=1)
     calls = {(c["call"], c["bytes"]) for c in profile["cudnn_workspace"]}
     packed = {backward_bytes(4, 4096, 32, 128, gqa=True)}  # documents: the default 4 slots of 4096 (one block)
@@ -58,7 +57,7 @@ def test_deviceless_compile_places_the_modelled_workspace():
 def test_deviceless_ring_with_documents_models_both_pair_kinds():
     """On a ring of 2 (sp=2) a shard with itself packs 4 document slots (the default) and an
     earlier shard the 2 slots of their shared document: both modelled."""
-    options = program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024)
+    options = dict(seq=4096, q_chunk=1024, kv_chunk=1024)
     profile = profile_program("attention", options, target="h100-80gb", devices=2)
     backward = sorted(c["bytes"] for c in profile["cudnn_workspace"] if c["call"] == BACKWARD)
     assert set(backward) == {backward_bytes(n, 2048, 32, 128, gqa=True) for n in (4, 2)}
@@ -68,9 +67,9 @@ def test_deviceless_ring_with_documents_models_both_pair_kinds():
 def test_document_block_bounds_the_modelled_workspace():
     """With document_block, a shard with itself runs in blocks: 4 slots of the block, plus the
     2 slots of a block with an earlier one; the program's total falls with them."""
-    whole = profile_program("attention", program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024,
+    whole = profile_program("attention", dict(seq=4096, q_chunk=1024, kv_chunk=1024,
                                                          document_block=0), target="h100-80gb", devices=1)
-    cut = profile_program("attention", program_options("attention", seq=4096, q_chunk=1024, kv_chunk=1024,
+    cut = profile_program("attention", dict(seq=4096, q_chunk=1024, kv_chunk=1024,
                                                        document_block=1024), target="h100-80gb", devices=1)
     backward = {c["bytes"] for c in cut["cudnn_workspace"] if c["call"] == BACKWARD}
     assert backward == {backward_bytes(n, 1024, 32, 128, gqa=True) for n in (4, 2)}

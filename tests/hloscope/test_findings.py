@@ -312,12 +312,12 @@ def test_stablehlo_finds_it_inside_shard_map() -> None:
     are in an sdy.manual_computation region, whose arguments are the op's operands and whose
     sdy.return gives its results, and the stacking updates are func.call'd helpers. The region
     is walked like a call's callee, so the stacked segment ids are found there too."""
-    from hloscope.programs import lower_program
+    from hloscope._lower import lower
 
     devices, seq, q_chunk, kv_chunk = jax.devices()[:8], 1024, 32, 64
     q_chunks, kv_chunks = seq // len(devices) // q_chunk, seq // len(devices) // kv_chunk
-    lowered = lower_program(devices, "paper-attention", seq=seq, q_chunk=q_chunk, kv_chunk=kv_chunk,
-                            q_heads=2, kv_heads=1, head_dim=8)
+    lowered = lower(devices, "paper-attention", dict(seq=seq, q_chunk=q_chunk, kv_chunk=kv_chunk, q_heads=2, kv_heads=1,
+                                                     head_dim=8))
     text = lowered.as_text()
     assert "sdy.manual_computation" in text
     for with_locations in (False, True):

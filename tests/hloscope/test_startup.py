@@ -43,3 +43,28 @@ def test_commands_print_nothing_but_their_own_lines_on_stderr(tmp_path: Path):
     for args in (["--help"], ["profile", "--hlo", str(hlo)], ["versions"], ["profile", "--hlo", "/no/such.hlo"]):
         result = subprocess.run([sys.executable, "-m", "hloscope", *args], capture_output=True, text=True, timeout=120)
         assert all(line.startswith("hloscope: ") for line in result.stderr.splitlines()), (args, result.stderr)
+
+
+def _root_modules() -> list[Path]:
+    package = Path(__file__).resolve().parents[2] / "hloscope"
+    return sorted(p for p in package.rglob("*.py") if "programs" not in p.relative_to(package).parts)
+
+
+def test_hloscope_root_names_no_reftrain_import():
+    """Only hloscope/programs/ knows reftrain (DESIGN.md): not even a deferred import elsewhere."""
+    import ast
+
+    offenders = []
+    for path in _root_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "reftrain"]
+    assert len(_root_modules()) > 20 and offenders == []
+
+
+def test_importing_every_root_module_loads_no_trainer():
+    modules = [".".join(p.relative_to(Path(__file__).resolve().parents[2]).with_suffix("").parts) for p in _root_modules()]
+    modules = [m.removesuffix(".__init__") for m in modules if not m.endswith(("__main__", "_worker"))]
+    loaded = _loaded_after("\n".join(f"import {m}" for m in modules))
+    assert "reftrain" not in loaded and "flax" not in loaded and "optax" not in loaded, loaded

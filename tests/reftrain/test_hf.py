@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 from transformers import MistralConfig, MistralForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from reftrain.config import ARCHITECTURE_FIELDS, Execution, ModelConfig, YarnConfig, get_config
+from reftrain.config import ARCHITECTURE_FIELDS, Execution, YarnConfig, get_config
 from reftrain.hf import (
     CheckpointError,
     config_from_hf,

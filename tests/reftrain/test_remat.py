@@ -91,11 +91,9 @@ def test_keeping_attention_output_skips_the_cudnn_forward_in_the_backward():
     inputs to host memory."""
     from hloscope.cudnn_workspace import BACKWARD, FORWARD
     from hloscope.profiling import profile_program
-    from hloscope.programs import program_options
-
     calls = {}
     for policy in ("full", "save_attention", "offload_layer_inputs"):
-        profile = profile_program("train-step", program_options("train-step", seq=4096, remat=policy, layers=2),
+        profile = profile_program("train-step", dict(seq=4096, remat=policy, layers=2),
                                   target="h100-80gb", devices=1)
         kinds = [c["call"] for c in profile["cudnn_workspace"]]
         calls[policy] = (kinds.count(FORWARD), kinds.count(BACKWARD), profile["memory_analysis"])
