@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hloscope._files import atomic_write_text
+from hloscope._files import write_json
 
 # CompiledMemoryStats fields copied into CompileResult.memory, when jaxlib has them.
 _MEMORY_FIELDS = (
@@ -173,7 +173,7 @@ def main(argv: list[str]) -> None:
         traceback.print_exc()
         payload = _failure(exc)
     # Written whole, then renamed: the caller never sees half a result, even if we die mid-write.
-    atomic_write_text(result_path, json.dumps(payload))
+    write_json(result_path, payload, indent=None)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: the result is safe on disk, and plugin/XLA destructors at exit

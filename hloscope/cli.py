@@ -37,7 +37,10 @@ _OPTION_FLAGS = {
     "remat": (str, "layer/train-step: a reftrain.remat policy such as full (default), save_attention, "
                    "save_dots_attention or none (docs/model.md)"),
     "attention": (str, "layer/train-step: ours or paper (default ours)"),
-    "layers": (int, "layer/train-step: number of layers (default: the preset's)"),
+    "layers": (int, "layer/train-step: number of layers (default: the plan's, else the preset's)"),
+    "phase": (int, "layer/train-step: the phase whose RoPE, optimizer and schedule the step uses (default 3)"),
+    "plan": (str, "layer/train-step: a plan.json from hloscope search; the step it makes reftrain run (its mesh, "
+                  "execution and length; flags and --set name settings over it)"),
 }
 
 
@@ -178,9 +181,9 @@ def _largest(args: argparse.Namespace, budget: int) -> int:
 
 def _write_outputs(args: argparse.Namespace, profile: dict[str, Any], budget: int | None) -> None:
     if args.json:
-        from hloscope._files import atomic_write_text
+        from hloscope._files import write_json
 
-        atomic_write_text(args.json, json.dumps(profile, indent=1))
+        write_json(args.json, profile)
     if args.html:
         from hloscope.html_report import write_report
 

@@ -25,14 +25,15 @@ from typing import Any, Callable, Hashable, Protocol
 from hloscope._files import write_json
 from hloscope.binary_search import largest_multiple
 from hloscope.compile import CompileRequest, compile_in_worker
-from hloscope.targets import DEFAULT_MARGIN, get_target
+from hloscope.targets import DEFAULT_MARGIN, Target
 from hloscope.versions import toolchain_versions
 
 _REMAT_WARNING = re.compile(r".*rematerializ.*", re.IGNORECASE)
 
 
 class CandidateSpace(Protocol):
-    """A program's candidates at one length, for one target and device count."""
+    """A program's candidates at one length, for one target (hloscope.targets.Target, resolved once
+    by the caller) and device count."""
 
     program: str  # what compiles them: a built-in program name or `module:function`
 
@@ -74,9 +75,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HLOSCOPE_CACHE", Path.home() / ".cache" / "hloscope")) / "search"
 
 
-def _cache_key(space: CandidateSpace, kwargs: dict, target: str, devices: int) -> str:
+def _cache_key(space: CandidateSpace, kwargs: dict, target: Target, devices: int) -> str:
     versions = toolchain_versions()
-    identity = {"program": space.program, "kwargs": kwargs, "target": target, "devices": devices,
+    identity = {"program": space.program, "kwargs": kwargs, "target": target.name, "devices": devices,
                 "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "code": space.fingerprint()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -87,14 +88,14 @@ def host_total(memory: dict) -> int:
         memory.get("host_alias_size_in_bytes") or 0)
 
 
-def usable_bytes(budget: int | None, margin: float, target: str) -> int | None:
+def usable_bytes(budget: int | None, margin: float, target: Target) -> int | None:
     """What the pool holds for the step: 1 - margin of the card (reftrain preallocates that share)
     less the runtime's own workspaces; None without a budget."""
-    return None if budget is None else int(budget * (1 - margin)) - get_target(target).runtime_overhead_bytes
+    return None if budget is None else int(budget * (1 - margin)) - target.runtime_overhead_bytes
 
 
 def evaluate(
-    space: CandidateSpace, candidate: Hashable, target: str, devices: int, budget: int | None, margin: float, *,
+    space: CandidateSpace, candidate: Hashable, target: Target, devices: int, budget: int | None, margin: float, *,
     timeout_s: float = 600, use_cache: bool = True, host_budget: int | None = None,
 ) -> Outcome:
     """Compiles `candidate` of `space` for `target` and judges it against the budgets."""
@@ -103,7 +104,7 @@ def evaluate(
     if use_cache and path.exists():
         outcome = Outcome(candidate, **json.loads(path.read_text()), cached=True)
     else:
-        result = compile_in_worker(CompileRequest("hloscope._lower:lower", kwargs, target, devices, dump=False, timeout_s=timeout_s))
+        result = compile_in_worker(CompileRequest("hloscope._lower:lower", kwargs, target.name, devices, dump=False, timeout_s=timeout_s))
         warnings = [line.strip()[:200] for line in (result.log or "").splitlines() if _REMAT_WARNING.match(line)]
         outcome = Outcome(candidate, result.status, result.error, remat_warnings=warnings[:5], compile_s=result.compile_s)
         if result.ok:
@@ -133,7 +134,7 @@ def choose(outcomes: list[Outcome]) -> Outcome | None:
 
 
 def run_search(
-    space: CandidateSpace, target: str, devices: int, *, budget: int | None, margin: float = DEFAULT_MARGIN,
+    space: CandidateSpace, target: Target, devices: int, *, budget: int | None, margin: float = DEFAULT_MARGIN,
     jobs: int = 1, timeout_s: float = 600, use_cache: bool = True, on_done: Callable[[Outcome], None] | None = None,
     host_budget: int | None = None, exhaustive: bool = False, order: Callable[[Hashable], Any] | None = None,
 ) -> list[Outcome]:
@@ -182,7 +183,7 @@ def _over(o: Outcome) -> bool:
 
 
 def longest_fitting(
-    space_at: Callable[[int], CandidateSpace], target: str, devices: int, *, budget: int, margin: float, step: int,
+    space_at: Callable[[int], CandidateSpace], target: Target, devices: int, *, budget: int, margin: float, step: int,
     upper: int, jobs: int = 1, timeout_s: float = 600, use_cache: bool = True,
     on_probe: Callable[[int, Outcome | None], None] | None = None, host_budget: int | None = None,
 ) -> tuple[int | None, Outcome | None]:

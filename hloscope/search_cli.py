@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         host_budget = _memory_budget(args.host_memory, "--host-memory") if args.host_memory else None
         if not 0 <= args.margin < 1:
             raise ValueError(f"--margin must be in [0, 1), got {args.margin}")
-        searched = space_from_flags(args)
+        searched = space_from_flags(args, target)
     except (KeyError, ValueError) as error:
         raise UserError(str(error.args[0] if error.args else error)) from None
     for out in (args.out, args.max_seq_out):
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         def done(o) -> None:
             progress.update(task, advance=1, last=" ".join(o.candidate.columns().values()) + f": {o.status}")
 
-        outcomes = run_search(space, args.target, args.devices, on_done=done, order=space.order, **budgets)
+        outcomes = run_search(space, target, args.devices, on_done=done, order=space.order, **budgets)
     chosen = choose(outcomes)
     console.print(_table(outcomes, chosen, budget, args.margin, target.runtime_overhead_bytes))
     fitting = [(args.seq, o) for o in outcomes if o.fits]  # the plan's alternatives (reftrain's next plan down)
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             if outcome is not None:
                 fitting.append((seq, outcome))
 
-        seq, best = longest_fitting(lambda seq: space.only(lightest).at_length(seq), args.target, args.devices,
+        seq, best = longest_fitting(lambda seq: space.only(lightest).at_length(seq), target, args.devices,
                                     step=step, upper=upper, on_probe=probed, **budgets)
         if seq:
             beyond = f"{seq + step:,} is predicted not to fit" if seq + step <= upper else "the --max-seq-limit"

@@ -1,7 +1,8 @@
 """Small file helpers: atomic writes (a reader sees the old file or the new one, never half of
 it) and telling a Hugging Face checkpoint directory and a phase directory apart.
 
-reftrain's one atomic writer (plan, run config.json and run.toml, NIAH report; analyses/ too);
+reftrain's one atomic writer (plan, run config.json and run.toml, NIAH report; analyses/ too),
+and `write_json` on it, the one JSON writer;
 hloscope keeps its own in hloscope/_files.py because neither package may import the other
 (DESIGN.md)."""
 

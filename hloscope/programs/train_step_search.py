@@ -15,7 +15,7 @@ from typing import Any
 
 from hloscope.programs.model_step import ModelStepShape
 from hloscope.programs.train_step_speed import equal_documents, predicted_seconds
-from hloscope.targets import get_target
+from hloscope.targets import Target
 from hloscope.versions import toolchain_versions
 from reftrain.attention import resolve_kernel
 from reftrain.execution import REMAT_POLICIES, Execution
@@ -96,7 +96,7 @@ class TrainStepSpace:
 
     program = "train-step"
 
-    def __init__(self, base: ModelStepShape, target: str, devices: int, cands: list[Candidate], documents: int = 0):
+    def __init__(self, base: ModelStepShape, target: Target, devices: int, cands: list[Candidate], documents: int = 0):
         self.base, self.target, self.devices, self.documents = base, target, devices, documents
         self.cands = list(cands)
         self._predicted: dict[Candidate, float] = {}
@@ -124,12 +124,12 @@ class TrainStepSpace:
         return asdict(self.shape(c))
 
     def config(self, c: Candidate):
-        return self.shape(c).config(self.devices, get_target(self.target).platform)
+        return self.shape(c).config(self.devices, self.target.platform)
 
     def predicted_seconds(self, c: Candidate) -> float:
         if c not in self._predicted:
             seq = self.base.seq
-            self._predicted[c] = predicted_seconds(self.config(c), seq, self.mesh(c), get_target(self.target),
+            self._predicted[c] = predicted_seconds(self.config(c), seq, self.mesh(c), self.target,
                                                    documents=equal_documents(seq, self.documents))
         return self._predicted[c]
 
@@ -231,11 +231,11 @@ class Searched:
     blocks: tuple[int, ...]
 
 
-def space_from_flags(args) -> Searched:
-    """The train-step space of `hloscope search`'s parsed flags; ValueError names a bad one."""
+def space_from_flags(args, target: Target) -> Searched:
+    """The train-step space of `hloscope search`'s parsed flags on `target` (resolved once, by the
+    caller); ValueError names a bad flag."""
     from reftrain.execution import SEQUENCE_LAYOUTS
 
-    target = get_target(args.target)
     fixed = _mesh(args.mesh)
     tps = (fixed.pop("tp"),) if "tp" in fixed else _ints(args.tp, "--tp")
     if args.layers is not None and args.layers < 1:
@@ -261,7 +261,7 @@ def space_from_flags(args) -> Searched:
     if not cands:
         lengths = ", ".join(f"{n} (= {args.seq} on tp={tp})" for tp, n in local_by_tp.items())
         raise ValueError(f"no chunk pair divides the local length {lengths}")
-    space = TrainStepSpace(base, args.target, args.devices, cands, args.documents)
+    space = TrainStepSpace(base, target, args.devices, cands, args.documents)
     for c in {c.tp: c for c in cands}.values():
         space.shape(c).validate(args.devices, target.platform)
     return Searched(space, remats, blocks)

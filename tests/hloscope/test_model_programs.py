@@ -85,7 +85,15 @@ def test_train_step_compiles_the_step_reftrain_runs(tmp_path, capsys, planned):
         options |= {"seq": 2048, "layers": 2}
     assert reftrain_run.main(run_args) == 0
     shown = json.loads(capsys.readouterr().out)
-    built = profile_program("train-step", options, target="cpu", devices=8)["source"]["built"]
+    if planned:  # as a user would: `hloscope profile --program train-step --plan plan.json`
+        from hloscope import cli
+
+        out = tmp_path / "profile.json"
+        assert cli.main(["profile", "--program", "train-step", "--model", "small", "--phase", "1", "--plan", str(plan),
+                         "--json", str(out)]) == 0
+        built = json.loads(out.read_text())["source"]["built"]
+    else:
+        built = profile_program("train-step", options, target="cpu", devices=8)["source"]["built"]
     assert built["execution"] == {name: shown["model"][name] for name in EXECUTION_FIELDS}
     assert (built["layers"], built["rope_theta"], built["mesh"]) == (
         shown["model"]["num_layers"], shown["model"]["rope_theta"], shown["mesh"])

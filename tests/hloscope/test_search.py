@@ -165,16 +165,16 @@ def test_search_compiles_fastest_first_prunes_what_cannot_fit_and_skips_what_is_
 
     monkeypatch.setattr(search, "evaluate", fake_evaluate)
     base = ModelStepShape(model="mistral-7b", seq=65_536, layers=8)
-    space = TrainStepSpace(base, "h200-141gb", 1, candidates({1: 65_536}, tuple(weight), blocks=(16384, 0), cudnn=True))
+    space = TrainStepSpace(base, get_target("h200-141gb"), 1, candidates({1: 65_536}, tuple(weight), blocks=(16384, 0), cudnn=True))
     outcomes = {(o.candidate.remat_policy, o.candidate.document_block): o.status
-                for o in search.run_search(space, "h200-141gb", 1, budget=2, margin=0.0, order=space.order)}
+                for o in search.run_search(space, get_target("h200-141gb"), 1, budget=2, margin=0.0, order=space.order)}
     assert [(c.remat_policy, c.document_block) for c in compiled] == [("save_dots_attention", 16384), ("save_attention", 16384)]
     assert outcomes[("save_dots_attention", 0)] == "pruned" and outcomes[("save_attention", 16384)] == "ok"
     assert outcomes[("full", 16384)] == outcomes[("full", 0)] == outcomes[("save_attention", 0)] == "skipped"
 
 
 def test_a_policy_that_keeps_more_needs_at_least_the_memory_of_one_that_keeps_less():
-    space = TrainStepSpace(ModelStepShape(model="tiny", seq=2048), "cpu", 8, [])
+    space = TrainStepSpace(ModelStepShape(model="tiny", seq=2048), get_target("cpu"), 8, [])
     c = {p: candidates({1: 256}, (p,), (64,), (128,))[0] for p in REMAT_POLICIES}
     for i, lighter in enumerate(REMAT_POLICIES):
         assert all(space.needs_at_least(c[heavier], c[lighter]) for heavier in REMAT_POLICIES[i:])
