@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         for attention, q, kv in CASES:
             ModelStepShape(model=args.model, seq=args.seq, attention=attention).with_execution(
                 q_chunk=q, kv_chunk=kv).validate(args.devices, get_target(args.target).platform)
+            # The figure compares these chunk sizes: a length they do not divide would run fitted ones.
+            local = args.seq // args.devices
+            if local % q or local % kv:
+                raise ValueError(f"--seq {args.seq}: chunks {q}/{kv} do not divide the local length {local}")
     except (ValueError, UnknownTargetError) as error:
         print(f"{NAME}: {error}", file=sys.stderr)
         return 2

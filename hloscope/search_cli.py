@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     # --help; jax's CUDA plugin writes to fd 2 as it loads.
     with native_noise_filtered():
         from hloscope.programs.train_step_search import space_from_flags
-        from hloscope.search import choose, longest_fitting, run_search
+        from hloscope.search import choose, run_search
 
     try:
         target = get_target(args.target)
@@ -134,33 +134,41 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"chosen: {settings} mesh={space.mesh(chosen.candidate)}: xla_total {gib(chosen.figures['xla_total'])} "
                       f"per device, headroom {gib(chosen.headroom_bytes)}, predicted step {chosen.predicted_s:.2f} s")
     if args.max_seq:
-        # Fitting is monotone in length; on the chosen mesh (the first candidate's when none fits
-        # at --seq, whose longest is then below it) the lightest --remat policy and the smallest
-        # document block need the least memory, so they reach furthest.
-        c = chosen.candidate if chosen is not None else space.candidates()[0]
-        step = space.mesh(c)["sp"] * max(c.q_chunk, c.kv_chunk)
-        upper = args.max_seq_limit or (4 * args.seq if chosen is not None else args.seq - step)
-        lightest = space.lightest(c, searched.remats, searched.blocks)
-
-        def probed(seq: int, outcome) -> None:
-            console.print(f"  {seq:>10,} tokens: " + ("fits" if outcome else "does not fit"))
-            if outcome is not None:
-                fitting.append((seq, outcome))
-
-        seq, best = longest_fitting(lambda seq: space.only(lightest).at_length(seq), target, args.devices,
-                                    step=step, upper=upper, on_probe=probed, **budgets)
-        if seq:
-            beyond = f"{seq + step:,} is predicted not to fit" if seq + step <= upper else "the --max-seq-limit"
-            console.print(f"longest that fits (multiples of {step:,}, up to {upper:,}): {seq:,} tokens, "
-                          f"{best.candidate.remat_policy}, xla_total {gib(best.figures['xla_total'])}; {beyond}")
-            if args.max_seq_out is not None:
-                space.write_plan(best, seq, plan_target, fitting, args.max_seq_out)
-                console.print(f"wrote {args.max_seq_out} (the plan for {seq:,} tokens)")
-        else:
-            console.print(f"nothing fits at {step:,} tokens with {lightest.remat_policy}")
+        _max_seq(args, console, searched, chosen, target, budgets, plan_target, fitting)
     if chosen is None:
         return 1
     if args.out is not None:
         space.write_plan(chosen, args.seq, plan_target, fitting, args.out)
         console.print(f"wrote {args.out}")
     return 0
+
+
+def _max_seq(args, console, searched, chosen, target, budgets: dict, plan_target: dict, fitting: list) -> None:
+    """--max-seq: the longest length that fits, by binary search; its plan to --max-seq-out."""
+    from hloscope.search import longest_fitting
+
+    space = searched.space
+    # Fitting is monotone in length; on the chosen mesh (the first candidate's when none fits
+    # at --seq, whose longest is then below it) the lightest --remat policy and the smallest
+    # document block need the least memory, so they reach furthest.
+    c = chosen.candidate if chosen is not None else space.candidates()[0]
+    step = space.mesh(c)["sp"] * max(c.q_chunk, c.kv_chunk)
+    upper = args.max_seq_limit or (4 * args.seq if chosen is not None else args.seq - step)
+    lightest = space.lightest(c, searched.remats, searched.blocks)
+
+    def probed(seq: int, outcome) -> None:
+        console.print(f"  {seq:>10,} tokens: " + ("fits" if outcome else "does not fit"))
+        if outcome is not None:
+            fitting.append((seq, outcome))
+
+    seq, best = longest_fitting(lambda seq: space.only(lightest).at_length(seq), target, args.devices,
+                                step=step, upper=upper, on_probe=probed, **budgets)
+    if seq:
+        beyond = f"{seq + step:,} is predicted not to fit" if seq + step <= upper else "the --max-seq-limit"
+        console.print(f"longest that fits (multiples of {step:,}, up to {upper:,}): {seq:,} tokens, "
+                      f"{best.candidate.remat_policy}, xla_total {gib(best.figures['xla_total'])}; {beyond}")
+        if args.max_seq_out is not None:
+            space.write_plan(best, seq, plan_target, fitting, args.max_seq_out)
+            console.print(f"wrote {args.max_seq_out} (the plan for {seq:,} tokens)")
+    else:
+        console.print(f"nothing fits at {step:,} tokens with {lightest.remat_policy}")

@@ -140,10 +140,11 @@ class ModelStepShape:
     def config(self, devices: int, platform: str) -> ModelConfig:
         return self.resolve(devices, platform)[0].config
 
-    def validate(self, devices: int, platform: str = "cuda") -> None:
-        """Raises ValueError naming the numbers when this cannot run on `devices` devices."""
+    def validate(self, devices: int, platform: str = "cuda") -> Resolved:
+        """What reftrain runs for this shape (`resolve`); ValueError naming the numbers when it
+        cannot run on `devices` devices."""
         try:
-            self.resolve(devices, platform)
+            return self.resolve(devices, platform)[0]
         except (KeyError, PlanError) as error:
             raise ValueError(error.args[0] if error.args else str(error)) from None
 
@@ -160,8 +161,7 @@ def _shape(mesh: Mesh, options: dict) -> tuple[ModelStepShape, Resolved]:
         raise ValueError(f"the model programs need reftrain's mesh axes {AXES}, got {tuple(mesh.axis_names)}")
     sizes = dict(mesh.shape)
     shape = dataclasses.replace(ModelStepShape.from_options(**options), **{axis: sizes[axis] for axis in MESH_AXES})
-    shape.validate(mesh.size, mesh.devices.flat[0].platform)
-    return shape, shape.resolve(mesh.size, mesh.devices.flat[0].platform)[0]
+    return shape, shape.validate(mesh.size, mesh.devices.flat[0].platform)
 
 
 def _built(shape: ModelStepShape, resolved: Resolved, mesh: Mesh) -> dict[str, Any]:
