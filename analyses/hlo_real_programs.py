@@ -27,6 +27,7 @@ from functools import partial
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, ".."))
+sys.path.insert(0, _HERE)
 
 
 # --- builders (run in the compile worker) ------------------------------------------------------
@@ -292,17 +293,31 @@ PROGRAMS: dict[str, tuple[str, int, dict | None, dict]] = {
 }
 
 
+def _sets() -> dict[str, dict]:
+    """The programs by set: those the rules were written on, those written after them that the
+    rules may be tuned on, and those they are never tuned on (analyses/_other_libraries.py)."""
+    from _other_libraries import DEVELOPMENT, HELD_OUT
+
+    return {"fitted": PROGRAMS, "development": DEVELOPMENT, "held out": HELD_OUT}
+
+
+SETS = ("fitted", "development", "held out")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="cpu,h100-80gb")
     parser.add_argument("--only", default=None, help="run only programs whose name contains this")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     args = parser.parse_args()
     import jax
 
     import hloscope
 
     rows = []
-    for name, (program, devices, mesh, options) in PROGRAMS.items():
+    chosen = [(group, name, spec) for group, programs in _sets().items() if group in args.sets.split(",")
+              for name, spec in programs.items()]
+    for group, name, (program, devices, mesh, options) in chosen:
         if args.only and args.only not in name:
             continue
         for target in args.targets.split(","):
@@ -310,12 +325,12 @@ def main() -> int:
             try:
                 report = hloscope.profile(program, target=target, devices=devices, mesh=mesh, **options)
             except Exception as error:  # noqa: BLE001 - a failed program is a row, not the end of the table
-                rows.append({"program": name, "target": target, "devices": devices, "error": f"{type(error).__name__}: {error}"[:300]})
+                rows.append({"set": group, "program": name, "target": target, "devices": devices, "error": f"{type(error).__name__}: {error}"[:300]})
                 print(f"{name} / {target}: {rows[-1]['error']}", file=sys.stderr)
                 continue
             figures = report.data["figures"]
             xla_total, live_peak, layout = figures["xla_total"], figures["live_peak"], figures["layout_total"]
-            rows.append({"program": name, "target": target, "devices": devices, "xla_total": xla_total,
+            rows.append({"set": group, "program": name, "target": target, "devices": devices, "xla_total": xla_total,
                          "layout_total": layout, "layout_ratio": layout / xla_total,
                          "live_peak": live_peak, "ratio": live_peak / xla_total,
                          "buffer_assignment_total": figures.get("buffer_assignment_total"),

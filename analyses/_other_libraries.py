@@ -1,0 +1,361 @@
+"""Programs written after hloscope's text model, in other libraries' idioms (issue 33), for
+`analyses/hlo_real_programs.py`: builders `build(mesh) -> (fn, args)` that the compile worker
+imports by path. Imports nothing at module level, so that the worker pays only for the library
+the program uses.
+
+Two sets, fixed before any of them was compiled: DEVELOPMENT, the programs the rules may be
+tuned on (the five kinds a new user found outside 5%), and HELD_OUT, which the rules are never
+tuned on and whose error is reported apart.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+
+def _is_abstract_array(leaf) -> bool:
+    """eqx.is_array for an eqx.filter_eval_shape'd model, whose arrays are ShapeDtypeStructs."""
+    import jax
+
+    return isinstance(leaf, jax.ShapeDtypeStruct)
+
+
+# --- development ------------------------------------------------------------------------------
+
+def build_equinox_scanned_mlp(mesh):
+    """An equinox MLP stack of 8 layers applied under lax.scan (the layers stacked with
+    eqx.filter_vmap, as equinox's docs do), gradient of a squared loss wrt the stack."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    width, depth = 512, 8
+
+    def make(key):
+        return eqx.nn.Linear(width, width, key=key)
+
+    stack = eqx.filter_eval_shape(lambda: eqx.filter_vmap(make)(jax.random.split(jax.random.key(0), depth)))
+    params, static = eqx.partition(stack, _is_abstract_array)
+
+    def loss(params, x):
+        def layer(h, p):
+            return jax.nn.gelu(jax.vmap(eqx.combine(p, static))(h)), None
+        h, _ = jax.lax.scan(layer, x, params)
+        return jnp.mean(h ** 2)
+
+    return jax.grad(loss), [params, jax.ShapeDtypeStruct((256, width), jnp.float32)]
+
+
+def build_haiku_resnet50(mesh):
+    """haiku's ResNet-50 (hk.nets.ResNet50, batch norm in training mode) on 8 x 64 x 64 images:
+    one SGD-with-momentum step of params and state, both donated."""
+    import haiku as hk
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def forward(images, is_training):
+        return hk.nets.ResNet50(num_classes=100)(images, is_training=is_training)
+
+    model = hk.transform_with_state(forward)
+    opt = optax.sgd(0.1, momentum=0.9)
+    images = jax.ShapeDtypeStruct((8, 64, 64, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((8,), jnp.int32)
+
+    def init(key):
+        params, state = model.init(key, jnp.zeros(images.shape), True)
+        return params, state, opt.init(params)
+
+    def step(params, state, opt_state, x, y):
+        def loss(params):
+            logits, state_out = model.apply(params, state, None, x, True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state_out
+
+        grads, state_out = jax.grad(loss, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state_out, opt_state
+
+    params, state, opt_state = jax.eval_shape(init, jax.random.key(0))
+    return jax.jit(step, donate_argnums=(0, 1, 2)), [params, state, opt_state, images, labels]
+
+
+def build_nnx_cnn(mesh):
+    """A flax NNX CNN (nnx.Conv, nnx.BatchNorm, nnx.avg_pool) with an optax AdamW step written
+    the split/merge way around nnx.grad, batch statistics updated, state donated."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.convs = nnx.List([nnx.Conv(i, o, (3, 3), rngs=rngs) for i, o in ((3, 32), (32, 64), (64, 128))])
+            self.norms = nnx.List([nnx.BatchNorm(o, rngs=rngs) for o in (32, 64, 128)])
+            self.head = nnx.Linear(128 * 4 * 4, 10, rngs=rngs)
+
+        def __call__(self, x):
+            for conv, norm in zip(self.convs, self.norms):
+                x = nnx.avg_pool(nnx.relu(norm(conv(x))), (2, 2), strides=(2, 2))
+            return self.head(x.reshape(x.shape[0], -1))
+
+    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: CNN(nnx.Rngs(0))), nnx.Param, ...)
+    opt = optax.adamw(1e-3)
+
+    def step(params, rest, opt_state, x, y):
+        model = nnx.merge(graphdef, params, rest)
+
+        def loss(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+        grads = nnx.grad(loss)(model)   # updates the batch statistics in `model`
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), nnx.state(model, nnx.BatchStat), opt_state
+
+    return (jax.jit(step, donate_argnums=(0, 1, 2)),
+            [params, rest, jax.eval_shape(opt.init, params), jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32),
+             jax.ShapeDtypeStruct((32,), jnp.int32)])
+
+
+def build_linen_sharded_lm(mesh):
+    """A flax linen language model with logical partitioning (nn.with_logical_partitioning,
+    nn.logical_to_mesh_sharding) over a 2-D (data, model) mesh: an AdamW step, params and
+    optimizer state sharded and donated, the batch over data."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    rules = (("batch", "data"), ("embed", None), ("mlp", "model"), ("heads", "model"), ("vocab", "model"))
+    dense = partial(nn.DenseGeneral, use_bias=False)
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.RMSNorm()(x)
+            q = dense((4, 64), kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "heads", None)))(h)
+            k = dense((4, 64), kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "heads", None)))(h)
+            v = dense((4, 64), kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "heads", None)))(h)
+            a = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+            x = x + dense(256, axis=(-2, -1), kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("heads", None, "embed")))(a)
+            h = nn.RMSNorm()(x)
+            h = nn.gelu(dense(1024, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")))(h))
+            return x + dense(256, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")))(h)
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            embed = nn.Embed(8192, 256, embedding_init=nn.with_logical_partitioning(nn.initializers.normal(), ("vocab", "embed")))
+            x = embed(tokens)
+            for _ in range(4):
+                x = Block()(x)
+            return embed.attend(nn.RMSNorm()(x))
+
+    model, opt = LM(), optax.adamw(1e-3)
+    tokens = jax.ShapeDtypeStruct((8, 513), jnp.int32, sharding=NamedSharding(mesh, P("data")))
+
+    def init(key):
+        params = model.init(key, jnp.zeros((8, 512), jnp.int32))
+        return params, opt.init(params)
+
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    with nn.logical_axis_rules(rules):
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract),
+                         nn.unbox(shardings))
+
+    def step(state, tokens):
+        params, opt_state = state
+
+        def loss(params):
+            logits = model.apply(params, tokens[:, :-1])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    out = jax.tree.map(lambda a: a.sharding, state)
+    return jax.jit(step, donate_argnums=0, out_shardings=out), [state, tokens]
+
+
+def build_while_loop(mesh):
+    """A data-dependent lax.while_loop: power iteration on a 2048 x 2048 matrix until the
+    eigenvalue estimate moves less than a tolerance (or 500 steps), returning vector and value."""
+    import jax
+    import jax.numpy as jnp
+
+    def power(a, v):
+        def cond(carry):
+            i, _, value, previous = carry
+            return (i < 500) & (jnp.abs(value - previous) > 1e-6 * jnp.abs(value))
+
+        def body(carry):
+            i, v, value, _ = carry
+            w = a @ v
+            return i + 1, w / jnp.linalg.norm(w), v @ w, value
+
+        _, v, value, _ = jax.lax.while_loop(cond, body, (0, v / jnp.linalg.norm(v), jnp.float32(0), jnp.float32(1)))
+        return v, value, a @ jnp.outer(v, v)
+
+    return power, [jax.ShapeDtypeStruct((2048, 2048), jnp.float32), jax.ShapeDtypeStruct((2048,), jnp.float32)]
+
+
+# --- held out ----------------------------------------------------------------------------------
+
+def build_equinox_mlp_adamw(mesh):
+    """An unrolled equinox MLP (eqx.nn.MLP, 6 layers of 1024) with an optax AdamW step through
+    eqx.filter_value_and_grad, model and optimizer state donated."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    model = eqx.filter_eval_shape(lambda: eqx.nn.MLP(784, 10, 1024, 6, key=jax.random.key(0)))
+    params, static = eqx.partition(model, _is_abstract_array)
+    opt = optax.adamw(1e-3)
+
+    def step(params, opt_state, x, y):
+        def loss(params):
+            logits = jax.vmap(eqx.combine(params, static))(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return (jax.jit(step, donate_argnums=(0, 1)),
+            [params, jax.eval_shape(opt.init, params), jax.ShapeDtypeStruct((512, 784), jnp.float32),
+             jax.ShapeDtypeStruct((512,), jnp.int32)])
+
+
+def build_optimizer_only(mesh):
+    """Optimizer alone: optax.chain(clip_by_global_norm, adamw with a warmup-cosine schedule)
+    over a transformer-shaped pytree of 24 tensors (about 50M parameters), state donated."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-4, 100, 10_000)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.1))
+    params = {f"layer{i}": {"attn": jax.ShapeDtypeStruct((512, 1536), jnp.float32),
+                            "out": jax.ShapeDtypeStruct((512, 512), jnp.float32),
+                            "up": jax.ShapeDtypeStruct((512, 2048), jnp.float32),
+                            "down": jax.ShapeDtypeStruct((2048, 512), jnp.float32),
+                            "norm": jax.ShapeDtypeStruct((512,), jnp.float32)} for i in range(6)}
+
+    def update(params, opt_state, grads):
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(update, donate_argnums=(0, 1)), [params, jax.eval_shape(opt.init, params), params]
+
+
+def build_mixed_precision(mesh):
+    """Mixed precision as written by hand: float32 master weights, a flax linen MLP-mixer-like
+    model run in bfloat16 (dtype=bfloat16, param_dtype=float32), a static loss scale, the
+    gradient unscaled in float32 and applied with optax adam; state donated."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    class Mixer(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(4):
+                y = nn.LayerNorm(dtype=jnp.bfloat16)(x)
+                y = jnp.swapaxes(nn.Dense(256, dtype=jnp.bfloat16)(jnp.swapaxes(y, 1, 2)), 1, 2)
+                x = x + y
+                y = nn.LayerNorm(dtype=jnp.bfloat16)(x)
+                x = x + nn.Dense(384, dtype=jnp.bfloat16)(nn.gelu(nn.Dense(1536, dtype=jnp.bfloat16)(y)))
+            return nn.Dense(100, dtype=jnp.float32)(jnp.mean(x, axis=1))
+
+    model, opt, scale = Mixer(), optax.adam(1e-3), 2.0 ** 12
+    x = jax.ShapeDtypeStruct((64, 256, 384), jnp.bfloat16)
+    y = jax.ShapeDtypeStruct((64,), jnp.int32)
+    params = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape, x.dtype)), jax.random.key(0))
+
+    def step(params, opt_state, x, y):
+        def loss(params):
+            logits = model.apply(params, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() * scale
+
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32) / scale, jax.grad(loss)(params))
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step, donate_argnums=(0, 1)), [params, jax.eval_shape(opt.init, params), x, y]
+
+
+def build_shard_map_tensor_parallel(mesh):
+    """Megatron-style tensor parallelism by hand under jax.shard_map over 4 devices: column- then
+    row-parallel MLP blocks with a psum after each, 4 blocks, gradient wrt the sharded weights."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    @partial(jax.shard_map, mesh=mesh, in_specs=(P(None, None, "x"), P(None, "x", None), P()), out_specs=P())
+    def mlp(up, down, x):
+        for layer in range(up.shape[0]):
+            x = x + jax.lax.psum(jax.nn.gelu(x @ up[layer]) @ down[layer], "x")
+        return jnp.mean(x ** 2, keepdims=True)[0]
+
+    up = jax.ShapeDtypeStruct((4, 512, 2048), jnp.float32, sharding=NamedSharding(mesh, P(None, None, "x")))
+    down = jax.ShapeDtypeStruct((4, 2048, 512), jnp.float32, sharding=NamedSharding(mesh, P(None, "x", None)))
+    x = jax.ShapeDtypeStruct((1024, 512), jnp.float32, sharding=NamedSharding(mesh, P()))
+    return jax.grad(lambda up, down, x: mlp(up, down, x).sum(), argnums=(0, 1)), [up, down, x]
+
+
+def build_haiku_transformer(mesh):
+    """A haiku decoder (hk.MultiHeadAttention with a causal mask, hk.LayerNorm, 4 layers, each
+    under hk.remat), gradient of the next-token loss wrt the params."""
+    import haiku as hk
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def forward(tokens):
+        x = hk.Embed(4096, 256)(tokens)
+        mask = jnp.tril(jnp.ones((1, 1, tokens.shape[1], tokens.shape[1]), bool))
+        for _ in range(4):
+            def block(x):
+                h = hk.LayerNorm(-1, True, True)(x)
+                x = x + hk.MultiHeadAttention(4, 64, w_init=hk.initializers.VarianceScaling())(h, h, h, mask=mask)
+                h = hk.LayerNorm(-1, True, True)(x)
+                return x + hk.nets.MLP([1024, 256])(h)
+            x = hk.remat(block)(x)
+        return hk.Linear(4096)(hk.LayerNorm(-1, True, True)(x))
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    tokens = jax.ShapeDtypeStruct((8, 513), jnp.int32)
+
+    def loss(params, tokens):
+        logits = model.apply(params, tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((8, 512), jnp.int32)), jax.random.key(0))
+    return jax.grad(loss), [params, tokens]
+
+
+_SELF = os.path.abspath(__file__)
+# name -> (program for hloscope.profile, devices, mesh, options)
+DEVELOPMENT: dict[str, tuple[str, int, dict | None, dict]] = {
+    "equinox MLP under lax.scan (filter_vmap stack), grad": (f"{_SELF}:build_equinox_scanned_mlp", 1, None, {}),
+    "haiku ResNet-50 (batch norm), SGD step": (f"{_SELF}:build_haiku_resnet50", 1, None, {}),
+    "flax NNX CNN (batch norm), AdamW step": (f"{_SELF}:build_nnx_cnn", 1, None, {}),
+    "sharded linen LM (logical axes, 2x2 mesh), AdamW step": (
+        f"{_SELF}:build_linen_sharded_lm", 4, {"data": 2, "model": 2}, {}),
+    "data-dependent while_loop (power iteration)": (f"{_SELF}:build_while_loop", 1, None, {}),
+}
+HELD_OUT: dict[str, tuple[str, int, dict | None, dict]] = {
+    "equinox MLP (unrolled), AdamW step": (f"{_SELF}:build_equinox_mlp_adamw", 1, None, {}),
+    "optax chain (clip + AdamW, schedule), optimizer only": (f"{_SELF}:build_optimizer_only", 1, None, {}),
+    "mixed precision linen mixer (bf16 compute, loss scale), adam step": (f"{_SELF}:build_mixed_precision", 1, None, {}),
+    "shard_map tensor-parallel MLP (4 devices, psum), grad": (
+        f"{_SELF}:build_shard_map_tensor_parallel", 4, {"x": 4}, {}),
+    "haiku decoder (hk.MultiHeadAttention, hk.remat), grad": (f"{_SELF}:build_haiku_transformer", 1, None, {}),
+}
