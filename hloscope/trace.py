@@ -269,7 +269,8 @@ class _LiveSim:
         return shared
 
     def _elementwise_use(self, fusion: Instruction, k: int) -> bool:
-        """Whether parameter k of `fusion`'s computation feeds only elementwise ops."""
+        """Whether parameter k of `fusion`'s computation feeds only elementwise ops, of its
+        shape, up to the root."""
         callee = fusion.called_computations[0] if fusion.called_computations else None
         if callee not in self.module.computations or not _writes_like_a_loop(fusion):
             return False
@@ -277,8 +278,27 @@ class _LiveSim:
         params = [i for i in comp.instructions if i.opcode == "parameter" and i.int_attribute("parameter_number", -1) == k]
         if len(params) != 1:
             return False
-        users = [i for i in comp.instructions if params[0].name in i.operands]
-        return bool(users) and all(u.opcode in ELEMENTWISE and u.shape.dims == params[0].shape.dims for u in users)
+        # Transitively, as XLA's AreTransitiveUsesElementwiseOrTuple: a parameter read by an
+        # elementwise op whose result feeds a reduce is still needed while the output is
+        # written (an RMSNorm's backward YNNPACK fusion on XLA:CPU does not reuse its input).
+        users_of: dict[str, list[Instruction]] = {}
+        for inst in comp.instructions:
+            for name in dict.fromkeys(inst.operands):
+                users_of.setdefault(name, []).append(inst)
+        dims = params[0].shape.dims
+        if not users_of.get(params[0].name):
+            return False
+        stack, seen = [params[0].name], set()
+        while stack:
+            for user in users_of.get(stack.pop(), ()):
+                if user.opcode == "tuple":
+                    continue
+                if user.opcode not in ELEMENTWISE or user.shape.dims != dims:
+                    return False
+                if user.name not in seen:
+                    seen.add(user.name)
+                    stack.append(user.name)
+        return True
 
     def _layout(self, comp: str, uses: "Uses") -> tuple[dict[str, "Owners"], "dict[Owner, int]", "Owners",
                                                          frozenset[Owner]]:
@@ -299,27 +319,38 @@ class _LiveSim:
         return values, end, root_value, outputs
 
     def _loop_bodies(self, insts: list[Instruction], uses: "Uses") -> list[tuple[int, str, list]]:
-        """(entry index, body, [(buffer, bytes)]) of each entry while loop: the buffers its body
-        makes that are not the body's results (those are the loop's own)."""
-        bodies = []
+        """(entry index, body, [(buffer, bytes, first, last)]) of each entry while loop and of
+        the while loops nested in its body: the buffers a body makes that are not its results
+        (those are the loop's own), with lifetimes on the entry's time scale. An entry while
+        at i holds its body's buffers inside (i + 0.05, i + 0.35) (see _in_dead_arguments);
+        a while nested at body step j of n holds its own inside that body's step j, so that
+        XLA's flattened schedule, which runs a nested body within its while, is kept."""
+        bodies: list[tuple[int, str, list]] = []
+
+        def visit(i: int, comp_insts: list[Instruction], start: float, width: float, seen: frozenset) -> None:
+            n = len(comp_insts) + 1
+            for j, inst in enumerate(comp_insts):
+                body = inst.attributes.get("body", "").strip().lstrip("%") if inst.opcode == "while" else ""
+                if body not in self.module.computations or body in seen:
+                    continue
+                at, span = start + width * j / n, width / n
+                body_insts = self.module.computations[body].instructions
+                values, end, _, outputs = self._layout(body, uses)
+                where = {b.name: k for k, b in enumerate(body_insts)}
+                m = len(where) + 1
+                made = {}
+                for value in values.values():
+                    for owner in _flat(value):
+                        made_by = self.module.instruction(body, owner[0])
+                        if owner in outputs or made_by.opcode == "parameter":
+                            continue
+                        size = output_bytes(made_by) if owner[1] < 0 else made_by.shape.elements[owner[1]].nbytes()
+                        made[owner] = (size, at + span * where[owner[0]] / m, at + span * end[owner] / m)
+                bodies.append((i, body, [(owner, *times) for owner, times in made.items()]))
+                visit(i, body_insts, at, span, seen | {body})
+
         for i, inst in enumerate(insts):
-            body = inst.attributes.get("body", "").strip().lstrip("%") if inst.opcode == "while" else ""
-            if body not in self.module.computations:
-                continue
-            values, end, _, outputs = self._layout(body, uses)
-            where = {inst.name: k for k, inst in enumerate(self.module.computations[body].instructions)}
-            n = len(where) + 1
-            made = {}
-            for value in values.values():
-                for owner in _flat(value):
-                    made_by = self.module.instruction(body, owner[0])
-                    if owner in outputs or made_by.opcode == "parameter":
-                        continue
-                    size = output_bytes(made_by) if owner[1] < 0 else made_by.shape.elements[owner[1]].nbytes()
-                    # its lifetime in the body, inside the while's own entry step (see
-                    # _in_dead_arguments for the time scale)
-                    made[owner] = (size, i + 0.05 + 0.3 * where[owner[0]] / n, i + 0.05 + 0.3 * end[owner] / n)
-            bodies.append((i, body, [(owner, *times) for owner, times in made.items()]))
+            visit(i, [inst], i + 0.05, 0.3 * 2, frozenset())
         return bodies
 
     def _values(self, comp: str, shared: "dict[str, int] | None" = None) -> dict[str, "Owners"]:
