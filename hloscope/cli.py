@@ -214,6 +214,12 @@ def _profile(args: argparse.Namespace) -> int:
     fits = judged.fits(budget)
     print(f"{'fits' if fits else 'DOES NOT FIT'}: {name} {human_bytes(size)}{judged.runtime_note} per device, "
           f"budget {human_bytes(budget)}")
+    if name == "layout_total":   # no XLA numbers: the verdict rests on hloscope's model of them
+        from hloscope.text_model import measured_band
+
+        band = measured_band()
+        print("note: the verdict rests on a model"
+              + (f": {band.verdict_note(judged.needed, budget)}" if band else " of XLA's total"))
     return 0 if fits or args.command == "profile" else 1
 
 

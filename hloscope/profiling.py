@@ -16,6 +16,7 @@ from hloscope.hlo import HloModule, Instruction, parse_module
 from hloscope.hlo_input import read_hlo_input
 from hloscope.programs import builder_spec
 from hloscope.targets import Target, get_target
+from hloscope.text_model import measured_band
 from hloscope.trace import Trace, trace_module
 from hloscope.versions import toolchain_versions
 
@@ -113,6 +114,10 @@ def analyse(
     budget = target.memory_bytes if target else None
     findings = find_offenders(module, budget_bytes=budget)
     accumulated = trace.prealloc_accumulated
+    sources = dict(trace.sources)
+    band = measured_band() if trace.layout_total is not None else None
+    if band is not None:
+        sources["layout_total"] += f"; measured {band.held_out.percent()} from XLA's on {band.held_out.compiles} held-out compiles"
     return {
         "dialect": module.dialect,
         "module": module.name,
@@ -127,7 +132,9 @@ def analyse(
             "buffer_assignment_temp": trace.buffer_assignment_temp,
             "buffer_assignment_total": trace.buffer_assignment_total,
         },
-        "figure_sources": dict(trace.sources),
+        "figure_sources": sources,
+        # How far layout_total has been measured from XLA's total (hloscope.text_model).
+        "layout_total_band": band.to_dict() if band is not None else None,
         "live_at_peak": [
             {"instruction": inst.name, "opcode": inst.opcode, "shape": str(inst.shape), "bytes": size,
              "op_name": inst.op_name, "source": _source(inst), "user_source": inst.user_source}
