@@ -207,6 +207,7 @@ class _LiveSim:
         self._open: dict[Owner, int] = {}
         self.fixed_bytes = 0
         self.outputs: list[tuple[int, int]] = []  # (defined at, bytes) of the entry's outputs
+        self._elementwise: dict[tuple[str, int], bool] = {}  # (fusion computation, parameter) -> _elementwise_use
 
     def _ancestor_in(self, user: Instruction, comp: str) -> Instruction | None:
         """The op of `comp` whose region (transitively) holds `user` (MLIR captures)."""
@@ -274,6 +275,11 @@ class _LiveSim:
         callee = fusion.called_computations[0] if fusion.called_computations else None
         if callee not in self.module.computations or not _writes_like_a_loop(fusion):
             return False
+        if (callee, k) not in self._elementwise:   # a fusion computation may be called many times
+            self._elementwise[(callee, k)] = self._transitively_elementwise(callee, k)
+        return self._elementwise[(callee, k)]
+
+    def _transitively_elementwise(self, callee: str, k: int) -> bool:
         comp = self.module.computations[callee]
         params = [i for i in comp.instructions if i.opcode == "parameter" and i.int_attribute("parameter_number", -1) == k]
         if len(params) != 1:
@@ -737,6 +743,18 @@ def _last_uses(module: HloModule, sim: _LiveSim) -> Uses:
                 slot[result] = max(slot.get(result, -1), at)
     return uses
 
+
+def heap_temporaries(module: HloModule) -> tuple[list[str], list[tuple[int, int, int, str]], int]:
+    """What layout_total lays out, for comparing with XLA's dumps (analyses/layout_vs_xla.py):
+    the walked schedule's instruction names, each temporary left for the heap as (first, last
+    schedule index, bytes, "instruction{element}"), and the arguments' and outputs' bytes."""
+    sim = _LiveSim(module)
+    sim.run(module.entry, (), 0, _last_uses(module, sim))
+    name_of = {value_id[:2]: name for name, value_id in sim._ids.items()}
+    left = into_output_allocations(sim.intervals, sim.outputs)
+    temporaries = [(first, last, size, f"{name_of.get(key[:2], '?')}{{{key[2] if key[2] > 0 else ''}}}")
+                   for first, last, size, key in left]
+    return [inst.name for inst, _ in walk_schedule(module)], temporaries, sim.fixed_bytes
 
 def trace_module(module: HloModule, *, buffer_assignment: str | None = None,
                  memory: dict | None = None) -> Trace:
