@@ -204,6 +204,168 @@ def build_while_loop(mesh):
     return power, [jax.ShapeDtypeStruct((2048, 2048), jnp.float32), jax.ShapeDtypeStruct((2048,), jnp.float32)]
 
 
+
+def build_equinox_scanned_mlp_step(mesh):
+    """The equinox scanned MLP as a training step: optax adam over the stacked layers under
+    lax.scan, jax.checkpoint per layer, model and optimizer state donated."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    width, depth = 1024, 12
+    stack = eqx.filter_eval_shape(lambda: eqx.filter_vmap(lambda k: eqx.nn.Linear(width, width, key=k))(
+        jax.random.split(jax.random.key(0), depth)))
+    params, static = eqx.partition(stack, _is_abstract_array)
+    opt = optax.adam(1e-3)
+
+    def step(params, opt_state, x):
+        def loss(params):
+            @jax.checkpoint
+            def layer(h, p):
+                return jax.nn.gelu(jax.vmap(eqx.combine(p, static))(h)), None
+            h, _ = jax.lax.scan(layer, x, params)
+            return jnp.mean((h - x) ** 2)
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return (jax.jit(step, donate_argnums=(0, 1)),
+            [params, jax.eval_shape(opt.init, params), jax.ShapeDtypeStruct((512, width), jnp.float32)])
+
+
+def build_linen_scanned_sharded_lm(mesh):
+    """A linen decoder whose layers are nn.scan(nn.remat(Block)) with logical partitioning over
+    a 2-D (data, model) mesh: an AdamW step, state sharded and donated."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    rules = (("batch", "data"), ("embed", None), ("mlp", "model"), ("vocab", "model"), ("layers", None))
+    init = nn.initializers.lecun_normal()
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            h = nn.RMSNorm()(x)
+            h = nn.Dense(1024, use_bias=False, kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")))(h)
+            h = nn.Dense(256, use_bias=False, kernel_init=nn.with_logical_partitioning(init, ("mlp", "embed")))(nn.gelu(h))
+            return x + h, None
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            embed = nn.Embed(8192, 256, embedding_init=nn.with_logical_partitioning(nn.initializers.normal(), ("vocab", "embed")))
+            layers = nn.scan(nn.remat(Block), variable_axes={"params": 0}, split_rngs={"params": True}, length=6,
+                             metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = layers()(embed(tokens), None)
+            return embed.attend(nn.RMSNorm()(x))
+
+    model, opt = LM(), optax.adamw(1e-3)
+    tokens = jax.ShapeDtypeStruct((8, 1025), jnp.int32, sharding=NamedSharding(mesh, P("data")))
+
+    def init_state(key):
+        params = model.init(key, jnp.zeros((8, 1024), jnp.int32))
+        return params, opt.init(params)
+
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract),
+                         nn.unbox(shardings))
+
+    def step(state, tokens):
+        params, opt_state = state
+
+        def loss(params):
+            logits = model.apply(params, tokens[:, :-1])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step, donate_argnums=0, out_shardings=jax.tree.map(lambda a: a.sharding, state)), [state, tokens]
+
+
+def build_nnx_optimizer_step(mesh):
+    """flax NNX's own training step: nnx.Optimizer over a CNN with batch norm, nnx.value_and_grad,
+    optimizer.update, written functionally (nnx.merge / nnx.split around it) and donated."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.conv1, self.bn1 = nnx.Conv(3, 64, (3, 3), rngs=rngs), nnx.BatchNorm(64, rngs=rngs)
+            self.conv2, self.bn2 = nnx.Conv(64, 128, (3, 3), rngs=rngs), nnx.BatchNorm(128, rngs=rngs)
+            self.head = nnx.Linear(128, 100, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.max_pool(nnx.relu(self.bn1(self.conv1(x))), (2, 2), (2, 2))
+            x = nnx.relu(self.bn2(self.conv2(x)))
+            return self.head(jnp.mean(x, axis=(1, 2)))
+
+    def make():
+        model = CNN(nnx.Rngs(0))
+        return model, nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+
+    graphdef, state = nnx.split(nnx.eval_shape(make))
+
+    def step(state, x, y):
+        model, optimizer = nnx.merge(graphdef, state)
+
+        def loss(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+        value, grads = nnx.value_and_grad(loss)(model)
+        optimizer.update(model, grads)
+        return nnx.split((model, optimizer))[1], value
+
+    return (jax.jit(step, donate_argnums=0),
+            [state, jax.ShapeDtypeStruct((64, 32, 32, 3), jnp.float32), jax.ShapeDtypeStruct((64,), jnp.int32)])
+
+
+def build_greedy_decode(mesh):
+    """Greedy decoding as users write it: a lax.while_loop that runs until every row has
+    emitted an end token (or 256 steps), a KV cache written with dynamic_update_slice, one
+    attention layer over the cache."""
+    import jax
+    import jax.numpy as jnp
+
+    vocab, width, steps, batch = 4096, 256, 256, 16
+
+    def decode(embed, wq, wk, wv, wo, prompt):
+        cache_k = jnp.zeros((batch, steps, width))
+        cache_v = jnp.zeros((batch, steps, width))
+
+        def cond(carry):
+            i, _, _, _, done, _ = carry
+            return (i < steps) & ~jnp.all(done)
+
+        def body(carry):
+            i, token, k_cache, v_cache, done, out = carry
+            x = embed[token]
+            k_cache = jax.lax.dynamic_update_slice(k_cache, (x @ wk)[:, None], (0, i, 0))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, (x @ wv)[:, None], (0, i, 0))
+            scores = jnp.einsum("bd,btd->bt", x @ wq, k_cache) / jnp.sqrt(width)
+            scores = jnp.where(jnp.arange(steps) <= i, scores, -jnp.inf)
+            h = jnp.einsum("bt,btd->bd", jax.nn.softmax(scores), v_cache) @ wo
+            token = jnp.argmax(h @ embed.T, axis=-1)
+            out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
+            return i + 1, token, k_cache, v_cache, done | (token == 0), out
+
+        init = (0, prompt, cache_k, cache_v, jnp.zeros((batch,), bool), jnp.zeros((batch, steps), jnp.int32))
+        return jax.lax.while_loop(cond, body, init)[-1]
+
+    square = jax.ShapeDtypeStruct((width, width), jnp.float32)
+    return decode, [jax.ShapeDtypeStruct((vocab, width), jnp.float32), square, square, square, square,
+                    jax.ShapeDtypeStruct((batch,), jnp.int32)]
+
 # --- held out ----------------------------------------------------------------------------------
 
 def build_equinox_mlp_adamw(mesh):
@@ -455,6 +617,12 @@ DEVELOPMENT: dict[str, tuple[str, int, dict | None, dict]] = {
     "sharded linen LM (logical axes, 2x2 mesh), AdamW step": (
         f"{_SELF}:build_linen_sharded_lm", 4, {"data": 2, "model": 2}, {}),
     "data-dependent while_loop (power iteration)": (f"{_SELF}:build_while_loop", 1, None, {}),
+    # Added after the first ten had compiled: the same kinds as users' training steps write them.
+    "equinox scanned MLP (jax.checkpoint per layer), adam step": (f"{_SELF}:build_equinox_scanned_mlp_step", 1, None, {}),
+    "linen LM (nn.scan of nn.remat, logical axes, 2x2 mesh), AdamW step": (
+        f"{_SELF}:build_linen_scanned_sharded_lm", 4, {"data": 2, "model": 2}, {}),
+    "flax NNX CNN (nnx.Optimizer, batch norm), step": (f"{_SELF}:build_nnx_optimizer_step", 1, None, {}),
+    "greedy decoding (while_loop until end tokens, KV cache)": (f"{_SELF}:build_greedy_decode", 1, None, {}),
 }
 HELD_OUT: dict[str, tuple[str, int, dict | None, dict]] = {
     "equinox MLP (unrolled), AdamW step": (f"{_SELF}:build_equinox_mlp_adamw", 1, None, {}),

@@ -240,7 +240,8 @@ class _LiveSim:
         """Instructions that write their result into an operand's buffer, as XLA's buffer
         assignment does when the operand dies there (CanShareOperandBufferWithUser): an
         elementwise op, or a loop fusion whose parameter feeds only elementwise ops, of the
-        operand's shape. Returns {instruction: operand index}. Optimized HLO only."""
+        operand's shape, the operand being the instruction that makes it. Returns
+        {instruction: operand index}. Optimized HLO only."""
         if self.module.dialect != "hlo":
             return {}
         shared: dict[str, int] = {}
@@ -255,6 +256,11 @@ class _LiveSim:
             for k, op in enumerate(self.module.operands_of(inst)):
                 if op.computation != comp or op.shape.is_tuple or op.shape.dims != inst.shape.dims \
                         or op.shape.nbytes() != inst.shape.nbytes():
+                    continue
+                if op.opcode in ALIAS_OPCODES and op.opcode not in _HLO_REAL:
+                    # XLA's heap simulator shares only with a value its user reads straight
+                    # from the instruction that defines it (IsUserOf the defining instruction):
+                    # not through a get-tuple-element of a loop's result, nor a bitcast.
                     continue
                 owners = _flat(values.get(op.name, frozenset()))
                 if len(owners) != 1:

@@ -387,6 +387,17 @@ def test_a_loop_carry_is_free_between_its_last_read_and_its_next_value(root, exp
     assert trace.schedule[trace.live_peak_index].name == "t"
 
 
+def test_an_elementwise_op_does_not_share_a_loop_result_read_through_get_tuple_element():
+    """XLA's heap simulator shares an operand's buffer only with a user of the instruction that
+    defines the value (IsUserOf): n reads the loop's result through g, a get-tuple-element, so
+    n gets its own buffer though g dies there (an equinox scanned step on XLA:CPU: the forward
+    loop's output and the gradient fusion that reads it, 2 MB apart in XLA's dump)."""
+    text = _CARRY.replace("ROOT o = f32[256] {root}(g)", "n = f32[256] negate(g)\n  ROOT o = f32[256] exponential(n)")
+    trace = trace_module(parse_module(text))
+    at_n = [inst.name for inst in trace.schedule].index("n", len(trace.schedule) - 3)
+    assert trace.live_curve[at_n] == 1024 + 1024 + 1024   # a, the loop's buffer c, n
+
+
 _FUSED = """HloModule fused, is_scheduled=true
 
 scale {
