@@ -21,7 +21,6 @@ imports this file by path to call them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
