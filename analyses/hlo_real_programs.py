@@ -1,6 +1,7 @@
 """Issue 17, item 2: hloscope's live_peak against XLA's memory_analysis total on real programs.
 
-    nice -n 10 python analyses/hlo_real_programs.py [--targets cpu,h100-80gb] [--only NAME]
+    pip install -e ".[gpu-aot,analyses]"   # haiku and equinox for the other libraries' programs
+    nice -n 10 python analyses/hlo_real_programs.py [--targets cpu,h100-80gb] [--only NAME] [--sets ...]
 
 Compiles programs written with public libraries (flax linen, optax) and reftrain's own train
 step, each for XLA:CPU and for a deviceless H100 (the gpu-aot extra compiles for the GPU on this
