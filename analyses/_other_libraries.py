@@ -22,6 +22,42 @@ def _is_abstract_array(leaf) -> bool:
     return isinstance(leaf, jax.ShapeDtypeStruct)
 
 
+def _sharded_lm_step(model, rules, mesh, *, batch: int, seq: int):
+    """A linen LM's AdamW step with its state sharded by the model's logical axes and `rules`
+    (nn.logical_to_mesh_sharding), the batch over `data`, the state donated."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    opt = optax.adamw(1e-3)
+    tokens = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32, sharding=NamedSharding(mesh, P("data")))
+
+    def init(key):
+        params = model.init(key, jnp.zeros((batch, seq), jnp.int32))
+        return params, opt.init(params)
+
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract),
+                         nn.unbox(shardings))
+
+    def step(state, tokens):
+        params, opt_state = state
+
+        def loss(params):
+            logits = model.apply(params, tokens[:, :-1])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step, donate_argnums=0, out_shardings=jax.tree.map(lambda a: a.sharding, state)), [state, tokens]
+
+
 # --- development ------------------------------------------------------------------------------
 
 def build_equinox_scanned_mlp(mesh):
@@ -124,10 +160,6 @@ def build_linen_sharded_lm(mesh):
     optimizer state sharded and donated, the batch over data."""
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
-    import optax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
     rules = (("batch", "data"), ("embed", None), ("mlp", "model"), ("heads", "model"), ("vocab", "model"))
     dense = partial(nn.DenseGeneral, use_bias=False)
@@ -154,32 +186,7 @@ def build_linen_sharded_lm(mesh):
                 x = Block()(x)
             return embed.attend(nn.RMSNorm()(x))
 
-    model, opt = LM(), optax.adamw(1e-3)
-    tokens = jax.ShapeDtypeStruct((8, 513), jnp.int32, sharding=NamedSharding(mesh, P("data")))
-
-    def init(key):
-        params = model.init(key, jnp.zeros((8, 512), jnp.int32))
-        return params, opt.init(params)
-
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    with nn.logical_axis_rules(rules):
-        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract),
-                         nn.unbox(shardings))
-
-    def step(state, tokens):
-        params, opt_state = state
-
-        def loss(params):
-            logits = model.apply(params, tokens[:, :-1])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-        grads = jax.grad(loss)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    out = jax.tree.map(lambda a: a.sharding, state)
-    return jax.jit(step, donate_argnums=0, out_shardings=out), [state, tokens]
+    return _sharded_lm_step(LM(), rules, mesh, batch=8, seq=512)
 
 
 def build_while_loop(mesh):
@@ -239,11 +246,6 @@ def build_linen_scanned_sharded_lm(mesh):
     """A linen decoder whose layers are nn.scan(nn.remat(Block)) with logical partitioning over
     a 2-D (data, model) mesh: an AdamW step, state sharded and donated."""
     import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
     rules = (("batch", "data"), ("embed", None), ("mlp", "model"), ("vocab", "model"), ("layers", None))
     init = nn.initializers.lecun_normal()
@@ -265,30 +267,7 @@ def build_linen_scanned_sharded_lm(mesh):
             x, _ = layers()(embed(tokens), None)
             return embed.attend(nn.RMSNorm()(x))
 
-    model, opt = LM(), optax.adamw(1e-3)
-    tokens = jax.ShapeDtypeStruct((8, 1025), jnp.int32, sharding=NamedSharding(mesh, P("data")))
-
-    def init_state(key):
-        params = model.init(key, jnp.zeros((8, 1024), jnp.int32))
-        return params, opt.init(params)
-
-    abstract = jax.eval_shape(init_state, jax.random.key(0))
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract),
-                         nn.unbox(shardings))
-
-    def step(state, tokens):
-        params, opt_state = state
-
-        def loss(params):
-            logits = model.apply(params, tokens[:, :-1])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-        grads = jax.grad(loss)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    return jax.jit(step, donate_argnums=0, out_shardings=jax.tree.map(lambda a: a.sharding, state)), [state, tokens]
+    return _sharded_lm_step(LM(), rules, mesh, batch=8, seq=1024)
 
 
 def build_nnx_optimizer_step(mesh):
