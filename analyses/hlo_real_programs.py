@@ -319,6 +319,15 @@ def band_by_set(rows: list[dict]) -> dict[str, dict]:
     return bands
 
 
+def band_table(bands: dict[str, dict]) -> str:
+    """band_by_set's result as a markdown table, a row per set."""
+    lines = ["| set | compiles | layout_total / xla_total | within 3% | failed |", "| --- | ---: | --- | ---: | ---: |"]
+    for group, band in bands.items():
+        spread = f"{band['low']:.4f} to {band['high']:.4f}" if band["compiles"] else "-"
+        lines.append(f"| {group} | {band['compiles']} | {spread} | {band['within_3_percent']} | {band['failed']} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="cpu,h100-80gb")
@@ -365,11 +374,7 @@ def main() -> int:
         lines.append(f"| {r['set']} | {r['program']} | {r['target']} | {r['devices']} | {r['xla_total']:,} | "
                      f"{r['layout_total']:,} | {r['layout_ratio']:.4f} | {'yes' if abs(r['layout_ratio'] - 1) <= 0.03 else 'no'} | "
                      f"{r['live_peak']:,} | {r['ratio']:.3f} |")
-    bands = ["| set | compiles | layout_total / xla_total | within 3% | failed |", "| --- | ---: | --- | ---: | ---: |"]
-    for group, band in summary.items():
-        spread = f"{band['low']:.4f} to {band['high']:.4f}" if band["compiles"] else "-"
-        bands.append(f"| {group} | {band['compiles']} | {spread} | {band['within_3_percent']} | {band['failed']} |")
-    table = "\n".join(lines) + "\n\n" + "\n".join(bands)
+    table = "\n".join(lines) + "\n\n" + band_table(summary)
     print(table)
     from hloscope._files import atomic_write_text, write_json
 

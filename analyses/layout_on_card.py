@@ -27,7 +27,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, ".."))
 sys.path.insert(0, _HERE)
 
-from hlo_real_programs import SETS, _sets, band_by_set  # noqa: E402
+from hlo_real_programs import SETS, _sets, band_by_set, band_table  # noqa: E402
 
 
 def text_row(group: str, name: str, program: str, mesh: dict | None, options: dict, device, work: Path) -> dict:
@@ -82,11 +82,7 @@ def main() -> int:
             lines.append(f"| {r['set']} | {r['program']} | {r['xla_total']:,} | {r['layout_total']:,} | "
                          f"{r['layout_ratio']:.4f} | {'yes' if abs(r['layout_ratio'] - 1) <= 0.03 else 'no'} |")
     summary = band_by_set(rows)
-    bands = ["| set | compiles | layout_total / xla_total | within 3% | failed |", "| --- | ---: | --- | ---: | ---: |"]
-    for group, band in summary.items():
-        spread = f"{band['low']:.4f} to {band['high']:.4f}" if band["compiles"] else "-"
-        bands.append(f"| {group} | {band['compiles']} | {spread} | {band['within_3_percent']} | {band['failed']} |")
-    table = "\n".join(lines) + "\n\n" + "\n".join(bands)
+    table = "\n".join(lines) + "\n\n" + band_table(summary)
     print(table)
     kind = device.device_kind
     out = os.path.join(args.out_dir, "layout_on_card_" + re.sub(r"[^A-Za-z0-9]+", "_", kind).strip("_").lower())
