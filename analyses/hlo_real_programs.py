@@ -319,6 +319,15 @@ def band_by_set(rows: list[dict]) -> dict[str, dict]:
     return bands
 
 
+def sets_option(text: str) -> list[str]:
+    """--sets: comma-separated set names, each one of SETS (argparse type: a bad name is a usage error)."""
+    chosen = [name.strip() for name in text.split(",")]
+    unknown = [name for name in chosen if name not in SETS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown set {', '.join(map(repr, unknown))}; the sets are {', '.join(SETS)}")
+    return chosen
+
+
 def band_table(bands: dict[str, dict]) -> str:
     """band_by_set's result as a markdown table, a row per set."""
     lines = ["| set | compiles | layout_total / xla_total | within 3% | failed |", "| --- | ---: | --- | ---: | ---: |"]
@@ -332,14 +341,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="cpu,h100-80gb")
     parser.add_argument("--only", default=None, help="run only programs whose name contains this")
-    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    parser.add_argument("--sets", type=sets_option, default=list(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     args = parser.parse_args()
     import jax
 
     import hloscope
 
     rows = []
-    chosen = [(group, name, spec) for group, programs in _sets().items() if group in args.sets.split(",")
+    chosen = [(group, name, spec) for group, programs in _sets().items() if group in args.sets
               for name, spec in programs.items()]
     for group, name, (program, devices, mesh, options) in chosen:
         if args.only and args.only not in name:
@@ -378,7 +387,7 @@ def main() -> int:
     print(table)
     from hloscope._files import atomic_write_text, write_json
 
-    suffix = "" if not args.only and args.targets == "cpu,h100-80gb" and args.sets == ",".join(SETS) else "_partial"
+    suffix = "" if not args.only and args.targets == "cpu,h100-80gb" and args.sets == list(SETS) else "_partial"
     out = os.path.join(_HERE, "results", f"hlo_real_programs{suffix}")
     write_json(out + ".json", {"jax": jax.__version__, "bands": summary, "rows": rows})
     if not suffix:

@@ -27,7 +27,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, ".."))
 sys.path.insert(0, _HERE)
 
-from hlo_real_programs import SETS, _sets, band_by_set, band_table  # noqa: E402
+from hlo_real_programs import SETS, _sets, band_by_set, band_table, sets_option  # noqa: E402
 
 
 def text_row(group: str, name: str, program: str, mesh: dict | None, options: dict, device, work: Path) -> dict:
@@ -54,7 +54,7 @@ def text_row(group: str, name: str, program: str, mesh: dict | None, options: di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="run only programs whose name contains this")
-    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    parser.add_argument("--sets", type=sets_option, default=list(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     parser.add_argument("--out-dir", default=os.path.join(_HERE, "results"))
     args = parser.parse_args()
     import jax
@@ -65,7 +65,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for group, programs in _sets().items():
-            if group not in args.sets.split(","):
+            if group not in args.sets:
                 continue
             for name, (program, devices, mesh, options) in programs.items():
                 if devices != 1 or (args.only and args.only not in name):

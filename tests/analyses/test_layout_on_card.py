@@ -32,3 +32,14 @@ def test_text_row_matches_the_workers_compile_of_the_same_program(tmp_path):
 def test_a_program_that_fails_is_a_row_not_a_traceback(tmp_path):
     row = layout_on_card.text_row("fitted", "missing", "no_such_module:build", None, {}, jax.devices("cpu")[0], tmp_path)
     assert set(row) == {"set", "program", "error"} and "no_such_module" in row["error"]
+
+
+def test_an_unknown_set_is_a_usage_error_naming_the_sets():
+    import subprocess
+
+    for script in ("layout_on_card.py", "hlo_real_programs.py"):
+        done = subprocess.run([sys.executable, str(REPO / "analyses" / script), "--sets", "fitted,held"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "unknown set 'held'; the sets are fitted, development, held out" in done.stderr.splitlines()[-1]
+        assert "Traceback" not in done.stderr
